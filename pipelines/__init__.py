@@ -1,0 +1,1 @@
+"""pconv3d application layer: the ``pconv3d`` command line, training, inference and evaluation."""
