@@ -7,8 +7,8 @@ zeroes the output where ``S == 0``; the updated mask is ``valid = [S > 0]``.
 Statistics are computed in float32 (float64 for float64 inputs) with autocast disabled, never with an
 epsilon. They are cached without any chance of a stale result:
 
-* ``mask=None`` (zero padding treated as missing): one entry per (spatial shape, geometry, dtype, device,
-  inference mode), LRU-bounded.
+* ``mask=None`` (zero padding treated as missing): one entry per (spatial shape, geometry, dtype, device),
+  LRU-bounded.
 * an explicit mask: keyed by the mask *object* (checked with a weak reference, so a new tensor at a freed
   address never hits) and its version counter (any in-place edit through torch invalidates the entry).
   Several layers of one geometry that receive the same mask compute its statistics once.
@@ -23,6 +23,7 @@ statistics itself.
 from __future__ import annotations
 
 import weakref
+from contextlib import nullcontext
 from collections import OrderedDict
 from typing import List, NamedTuple, Optional
 
@@ -157,8 +158,10 @@ def cached_stats(
     args = (spatial, kernel_size, stride, padding, dilation, pre_pad, pad_mode, groups, dtype, device)
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or (mask is not None and mask.is_inference()):
         return compute_stats(mask, *args)
-    key = tuple(tuple(a) if isinstance(a, list) else a for a in args) + (torch.is_inference_mode_enabled(),)
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+    key = tuple(tuple(a) if isinstance(a, list) else a for a in args)
+    # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
+    no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
+    with torch.inference_mode(False), torch.no_grad(), no_autocast:
         if mask is None:
             stats = _fresh(_none_cache.get(key))
             if stats is None:
