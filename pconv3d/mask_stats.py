@@ -31,7 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MaskStats", "compute_stats", "cached_stats", "window_sum", "stat_dtype", "clear_cache"]
+from pconv3d.masking import apply_mask
+
+__all__ = [
+    "MaskStats",
+    "compute_stats",
+    "cached_stats",
+    "window_sum",
+    "stat_dtype",
+    "clear_cache",
+    "transposed_window_sum",
+    "compute_transposed_stats",
+    "masked_moments",
+]
 
 _NONE_CACHE_SIZE = 64
 _MASK_CACHE_SIZE = 32
@@ -60,16 +72,29 @@ def window_sum(
 ) -> Tensor:
     """Sum of ``mask`` (N, C, *spatial) over every convolution window, per channel: (N, C, *out).
 
-    ``pre_pad`` (``F.pad`` order) is applied with ``pad_mode`` before a convolution with ``padding``; it
-    carries asymmetric 'same' padding and non-zero padding modes, which pad the mask like the input.
+    ``pre_pad`` (``F.pad`` order) is applied with ``pad_mode`` before zero ``padding`` (per dim, both
+    sides); it carries asymmetric 'same' padding and non-zero padding modes, which pad the mask like the
+    input. The ones-kernel is separable, so the sum runs one spatial dim at a time over strided windows:
+    several times faster than a convolution with a ones kernel, whose 1-channel case is a slow path on CPU.
+    Under tracing (ONNX export) the ones-kernel convolution is used, since exporters need static windows.
     """
-    n, c = mask.shape[0], mask.shape[1]
-    flat = mask.reshape([n * c, 1] + list(mask.shape[2:]))  # channels into the batch: one 1->1 conv
     if len(pre_pad) > 0:
-        flat = F.pad(flat, pre_pad, mode=pad_mode)
-    ones = torch.ones([1, 1] + kernel_size, dtype=mask.dtype, device=mask.device)
-    sums = torch.convolution(flat, ones, None, stride, padding, dilation, False, [0], 1)
-    return sums.reshape([n, c] + list(sums.shape[2:]))
+        mask = F.pad(mask, pre_pad, mode=pad_mode)
+    zero_pad: List[int] = []
+    for p in padding[::-1]:
+        zero_pad += [p, p]
+    if max(zero_pad) > 0:
+        mask = F.pad(mask, zero_pad)
+    if torch.jit.is_tracing():
+        n, c = mask.shape[0], mask.shape[1]
+        ones = torch.ones([1, 1] + kernel_size, dtype=mask.dtype, device=mask.device)
+        flat = mask.reshape([n * c, 1] + list(mask.shape[2:]))  # channels into the batch: one 1->1 conv
+        sums = torch.convolution(flat, ones, None, stride, [0] * len(kernel_size), dilation, False, [0], 1)
+        return sums.reshape([n, c] + list(sums.shape[2:]))
+    for i in range(len(kernel_size)):
+        span = dilation[i] * (kernel_size[i] - 1) + 1
+        mask = mask.unfold(2 + i, span, stride[i])[..., :: dilation[i]].sum(-1)
+    return mask
 
 
 def compute_stats(
@@ -184,3 +209,111 @@ def cached_stats(
             stats = compute_stats(mask, *args)
             slot[2][key] = _stamp(stats)
         return stats
+
+
+# ---------------------------------------------------------------------------------------------------
+# transposed convolutions and masked normalization (used by pconv3d.blocks)
+
+
+def _interleave_zeros(mask: Tensor, stride: List[int]) -> Tensor:
+    """Insert ``stride - 1`` zeros between neighbouring voxels along every spatial dim: (N, C, *((L-1)*s+1))."""
+    for i in range(len(stride)):
+        s = stride[i]
+        if s > 1:
+            d = 2 + i
+            shape = list(mask.shape)
+            zeros = torch.zeros(shape[: d + 1] + [s - 1] + shape[d + 1 :], dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([mask.unsqueeze(d + 1), zeros], d + 1).flatten(d, d + 1).narrow(d, 0, (shape[d] - 1) * s + 1)
+    return mask
+
+
+def transposed_window_sum(
+    mask: Tensor,
+    kernel_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    output_padding: List[int],
+    dilation: List[int],
+) -> Tensor:
+    """Sum of ``mask`` (N, C, *in) over the input voxels that reach each output voxel of a transposed
+    convolution with this geometry: (N, C, *out), per channel.
+
+    A transposed convolution is a stride-1 convolution of the zero-interleaved input with the flipped kernel,
+    padded by ``dilation * (k - 1) - padding`` before and that plus ``output_padding`` after (negative
+    values crop); the ones-kernel is its own flip, so this is :func:`window_sum` of the interleaved mask.
+    """
+    pre_pad: List[int] = []
+    for i in range(len(kernel_size) - 1, -1, -1):
+        before = dilation[i] * (kernel_size[i] - 1) - padding[i]
+        pre_pad += [before, before + output_padding[i]]
+    ones = [1] * len(kernel_size)
+    return window_sum(_interleave_zeros(mask, stride), kernel_size, ones, [0] * len(kernel_size), dilation, pre_pad, "constant")
+
+
+def compute_transposed_stats(
+    mask: Optional[Tensor],
+    spatial: List[int],
+    kernel_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    output_padding: List[int],
+    dilation: List[int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> MaskStats:
+    """Statistics of a partial transposed convolution: ``ratio = F / S`` and ``valid = [S > 0]``.
+
+    ``S`` is the (weighted) number of valid input voxels reaching an output voxel and ``F`` the number
+    that reach it when every input voxel is valid, so an all-valid mask gives ``ratio == 1`` wherever
+    ``F > 0`` (the plain transposed convolution) and output voxels no input reaches are invalid.
+
+    Args:
+        mask: (N or 1, 1, *spatial) validity weights in [0, 1], any dtype; ``None``: all valid.
+        spatial: spatial shape of the layer input.
+        kernel_size, stride, padding, output_padding, dilation: the layer's geometry.
+        dtype: statistics dtype (see :func:`stat_dtype`).
+        device: where the statistics are made.
+    """
+    full = transposed_window_sum(
+        torch.ones([1, 1] + spatial, dtype=dtype, device=device), kernel_size, stride, padding, output_padding, dilation
+    )
+    s = full
+    if mask is not None:
+        s = transposed_window_sum(mask.detach().to(dtype), kernel_size, stride, padding, output_padding, dilation)
+    valid = s > 0
+    ratio = torch.where(valid, full / s, torch.zeros((), dtype=dtype, device=s.device))
+    return MaskStats(ratio, valid.to(dtype))
+
+
+class MaskedMoments(NamedTuple):
+    """Moments of a tensor over its valid voxels (see :func:`masked_moments`), all with reduced dims kept."""
+
+    mean: Tensor
+    var: Tensor
+    centered: Tensor
+    count: Tensor
+
+
+def masked_moments(x: Tensor, valid: Tensor, dims: List[int]) -> MaskedMoments:
+    """Mean and biased variance of ``x`` over ``dims``, counting only voxels where ``valid``.
+
+    Args:
+        x: floating tensor; its holes may hold anything (NaN and inf too): they are never read.
+        valid: bool tensor broadcastable to ``x`` (size 1 or ``x``'s size in every dim).
+        dims: the reduced dims.
+
+    Returns ``mean``, ``var`` and ``count`` (the number of valid elements, as ``x.dtype``) with the reduced
+    dims kept, and ``centered = x - mean`` with holes exactly 0. Where nothing is valid the mean and
+    variance are 0 (never NaN).
+    """
+    count = valid.sum(dims, keepdim=True).to(x.dtype)
+    broadcast = 1  # elements of x per element of valid over the reduced dims
+    for d in dims:
+        if valid.shape[d] == 1:
+            broadcast *= x.shape[d]
+    count = count * broadcast
+    denom = count.clamp_min(1.0)
+    mean = apply_mask(x, valid).sum(dims, keepdim=True) / denom
+    centered = apply_mask(x - mean, valid)
+    var = (centered * centered).sum(dims, keepdim=True) / denom
+    return MaskedMoments(mean, var, centered, count)
