@@ -1,7 +1,8 @@
 """The ``pconv3d`` command line.
 
 Each subcommand lives in its own module of ``pipelines`` that defines ``add_parser(subparsers)``
-(registering its arguments and ``func``); this file only routes.
+(registering its arguments and ``func``); this file only routes. Subcommands that run a bundle config
+also take ``--id value`` overrides (their parser sets an ``extra`` default).
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from pipelines.errors import CLIError
+
 # subcommand modules, in the order ``pconv3d --help`` lists them
-SUBCOMMANDS = ("demo", "data")
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2, no traceback."""
+SUBCOMMANDS = ("train", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "extra"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return int(args.func(args) or 0)
     except (CLIError, FileNotFoundError, ValueError) as e:

@@ -1,0 +1,212 @@
+"""Ignite handlers for the training workflow: atomic checkpoints, resume, and a per-epoch metrics log.
+
+Checkpoints are plain dicts loadable with ``torch.load(weights_only=True)``:
+
+* ``last.pt`` after every epoch: network, optimizer, scheduler and trainer state plus the best metric so far,
+  so ``--resume`` loses no completed epoch;
+* ``best.pt`` when the validation metric improves: network weights, the network's config (so
+  ``pconv3d infer`` can rebuild it) and the metric.
+
+Every file is written to a temporary file in the same folder and renamed over the target, so a run killed
+at any moment leaves either the previous or the new file, never a partial one. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from monai.handlers import from_engine
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
+class CheckpointHandler:
+    """Writes ``last.pt`` every epoch and ``best.pt`` on a better validation metric; resumes from ``last.pt``.
+
+    Args:
+        save_dir: output folder.
+        network: the trained network (DDP-wrapped or not).
+        optimizer: its optimizer.
+        network_def: the network's config (a ``_target_`` dict of plain values, or that dict as JSON), stored in
+            the checkpoints so ``pconv3d infer`` can rebuild the network; ``None`` leaves that to the
+            inference config.
+        lr_scheduler: optional scheduler, saved and restored with the rest.
+        evaluator: engine whose ``metric_name`` decides ``best.pt``.
+        metric_name: key of ``evaluator.state.metrics``.
+        resume: load ``save_dir/last.pt`` (if present) before training starts.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        network_def: Mapping[str, Any] | str | None = None,
+        lr_scheduler: Any = None,
+        evaluator: Engine | None = None,
+        metric_name: str = "val_mean_dice",
+        resume: bool = False,
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.optimizer = optimizer
+        self.network_def = json.loads(network_def) if isinstance(network_def, str) else network_def
+        self.lr_scheduler = lr_scheduler
+        self.evaluator = evaluator
+        self.metric_name = metric_name
+        self.resume = resume
+        self.best = -math.inf
+        self.trainer: Engine | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        self.trainer = trainer
+        trainer.add_event_handler(Events.STARTED, self._load)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save_last)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self._save_best)
+
+    def _states(self) -> dict[str, Any]:
+        states = {"network": _unwrap(self.network).state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.lr_scheduler is not None:
+            states["lr_scheduler"] = self.lr_scheduler.state_dict()
+        return states
+
+    def _load(self, trainer: Engine) -> None:
+        path = self.save_dir / LAST
+        if not self.resume or not path.exists():
+            return
+        ckpt = load_checkpoint(path)
+        _unwrap(self.network).load_state_dict(ckpt["network"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.lr_scheduler is not None and "lr_scheduler" in ckpt:
+            self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        self.best = ckpt.get("best_metric", -math.inf)
+        max_epochs = trainer.state.max_epochs
+        trainer.load_state_dict({**ckpt["trainer"], "max_epochs": max_epochs})
+        trainer.state.max_epochs = max_epochs
+        print(f"resumed from {path} at epoch {trainer.state.epoch} of {max_epochs}", flush=True)
+
+    def _save_last(self, trainer: Engine) -> None:
+        if is_main_process():
+            atomic_save({**self._states(), "trainer": trainer.state_dict(), "best_metric": self.best,
+                         "network_def": self.network_def}, self.save_dir / LAST)
+
+    def _save_best(self, evaluator: Engine) -> None:
+        metric = float(evaluator.state.metrics.get(self.metric_name, -math.inf))
+        if metric > self.best:
+            self.best = metric
+            if is_main_process():
+                epoch = self.trainer.state.epoch if self.trainer is not None else 0
+                atomic_save({"network": _unwrap(self.network).state_dict(), "network_def": self.network_def,
+                             "metric": {self.metric_name: metric}, "epoch": epoch}, self.save_dir / BEST)
+
+
+class MetricsLog:
+    """Appends one row per epoch (loss, learning rate, validation metrics) to ``metrics.csv`` and ``metrics.json``.
+
+    Args:
+        save_dir: output folder.
+        optimizer: read for the learning rate.
+        evaluator: its ``state.metrics`` are logged for the epochs it ran.
+    """
+
+    def __init__(self, save_dir: str, optimizer: torch.optim.Optimizer, evaluator: Engine | None = None) -> None:
+        self.save_dir = Path(save_dir)
+        self.optimizer = optimizer
+        self.evaluator = evaluator
+        self.rows: list[dict[str, Any]] = []
+        self._losses: list[float] = []
+        self._metrics: dict[str, float] = {}
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.STARTED, self._read_existing)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
+        # after the validation handler, which runs the evaluator on the same event
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self._keep_metrics)
+
+    def _read_existing(self, trainer: Engine) -> None:
+        path = self.save_dir / "metrics.json"
+        if trainer.state.epoch > 0 and path.exists():  # resumed: keep the rows of completed epochs
+            self.rows = [r for r in json.loads(path.read_text()) if r["epoch"] <= trainer.state.epoch]
+
+    def _add_loss(self, trainer: Engine) -> None:
+        self._losses.append(float(from_engine(["loss"], first=True)(trainer.state.output)))
+
+    def _keep_metrics(self, evaluator: Engine) -> None:
+        self._metrics = {k: float(v) for k, v in evaluator.state.metrics.items()}
+
+    def _write(self, trainer: Engine) -> None:
+        row = {"epoch": trainer.state.epoch, "loss": sum(self._losses) / max(len(self._losses), 1),
+               "lr": self.optimizer.param_groups[0]["lr"], **self._metrics}
+        self._losses, self._metrics = [], {}
+        self.rows.append(row)
+        if not is_main_process():
+            return
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(self.save_dir / "metrics.json", json.dumps(self.rows, indent=1))
+        fields = sorted({k for r in self.rows for k in r}, key=lambda k: (k != "epoch", k))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        _write_text_atomic(self.save_dir / "metrics.csv", text.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a pconv3d checkpoint with ``weights_only=True``; a clear ``ValueError`` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unpickler errors all mean "not a checkpoint we can read"
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "network" not in ckpt:
+        raise ValueError(f"{path} is not a pconv3d checkpoint (expected a dict with the network's weights under 'network')")
+    return ckpt
+
+
+__all__ = ["CheckpointHandler", "MetricsLog", "atomic_save", "load_checkpoint", "is_main_process", "LAST", "BEST"]

@@ -1,0 +1,28 @@
+"""``pconv3d train``: train a network from a bundle config (default ``configs/train.yaml``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.bundle import add_common_arguments, run_workflow
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train from a bundle config")
+    add_common_arguments(p, "train.yaml")
+    p.add_argument("--data", help="dataset folder with dataset.json (config id dataset_dir)")
+    p.add_argument("--epochs", type=int, help="number of epochs (config id epochs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt with optimizer and scheduler state")
+    p.add_argument("--amp", action="store_true", help="automatic mixed precision")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {"dataset_dir": args.data, "output_dir": args.output, "epochs": args.epochs, "seed": args.seed}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.resume:
+        overrides["resume"] = True
+    if args.amp:
+        overrides["amp"] = True
+    run_workflow(args.config, overrides, args.extra)
+    return 0
