@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pipelines.errors import CLIError
 
 # subcommand modules, in the order ``pconv3d --help`` lists them
-SUBCOMMANDS = ("train", "demo")
+SUBCOMMANDS = ("data", "train", "infer", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
