@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from pipelines.errors import CLIError
 
 # subcommand modules, in the order ``pconv3d --help`` lists them
-SUBCOMMANDS = ("data", "train", "infer", "demo")
+SUBCOMMANDS = ("run", "data", "train", "infer", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # our configs are trusted, and MONAI's deprecation notices are not the user's business
+    warnings.filterwarnings("ignore", message=".*is resolved to an importable callable.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not hasattr(args, "extra"):

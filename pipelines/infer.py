@@ -77,9 +77,18 @@ def load_network(network: torch.nn.Module, path: str) -> torch.nn.Module:
     return network.eval()
 
 
+def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
+    """Config overrides for a checkpoint: its path, and the architecture it was trained with when it records
+    one and ``extra`` does not override ``network_def`` itself."""
+    ckpt = load_checkpoint(model_path)
+    overrides: dict[str, Any] = {"model_path": model_path}
+    if ckpt.get("network_def") and not any(k.startswith("--network_def") for k in extra):
+        overrides["network_def"] = ckpt["network_def"]
+    return overrides
+
+
 def run(args: argparse.Namespace) -> int:
-    ckpt: dict[str, Any] = load_checkpoint(args.model)
-    overrides: dict[str, Any] = {"model_path": args.model, "input": args.input}
+    overrides = {**checkpoint_overrides(args.model, args.extra), "input": args.input}
     optional = {"mask": args.mask, "output_dir": args.output, "sw_batch_size": args.sw_batch_size}
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if args.device:
@@ -87,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
     for flag, key in ((args.probabilities, "save_probabilities"), (args.amp, "amp"), (args.overwrite, "overwrite")):
         if flag:
             overrides[key] = True
-    if ckpt.get("network_def") and not any(k.startswith("--network_def") for k in args.extra):
-        overrides["network_def"] = ckpt["network_def"]  # the architecture the weights were trained with
     run_workflow(args.config, overrides, args.extra)
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"predictions written to {Path(overrides.get('output_dir', 'outputs/predictions')).resolve()}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from pconv3d.io.datalist import DATASET_JSON, load_datalist
 from pipelines.bundle import add_common_arguments, run_workflow
 
 
@@ -26,3 +28,18 @@ def run(args: argparse.Namespace) -> int:
         overrides["amp"] = True
     run_workflow(args.config, overrides, args.extra)
     return 0
+
+
+def datalist_split(dataset_dir: str, part: str, num_val: int = 2) -> list[dict]:
+    """``part`` ("training" or "validation") of ``dataset_dir/dataset.json``: its own ``validation`` list when
+    it has one, else the last ``num_val`` training cases held out (they are then not trained on)."""
+    path = Path(dataset_dir) / DATASET_JSON
+    training = load_datalist(path, "training")
+    try:
+        validation = load_datalist(path, "validation")
+    except ValueError:  # no validation list in the file
+        if len(training) <= num_val:
+            raise ValueError(f"{path}: {len(training)} training cases leave none to train on after holding "
+                             f"out {num_val} for validation; add a 'validation' list or more cases") from None
+        training, validation = training[:-num_val], training[-num_val:]
+    return training if part == "training" else validation

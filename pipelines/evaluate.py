@@ -1,0 +1,123 @@
+"""``pconv3d evaluate``: Dice and 95% Hausdorff distance per case and class, against reference labels.
+
+Predictions ``<name>_seg<ext>`` (as ``pconv3d infer`` writes them) are matched to labels ``<name><ext>`` in a
+folder, or to the ``label`` entries of a ``dataset.json`` section. Distances are in millimetres (the label's
+voxel spacing). Writes ``metrics.csv`` (one row per case and class) and ``summary.json`` atomically, prints
+the mean per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.transforms import LoadImage
+
+from pconv3d.io.datalist import load_datalist, load_folder, read_volume_info
+from pconv3d.io.sitk import atomic_write
+from pconv3d.io.save import output_path
+from pipelines.errors import CLIError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="Dice and HD95 of predictions against labels")
+    p.add_argument("--pred", required=True, help="folder of <name>_seg predictions")
+    p.add_argument("--labels", required=True, help="folder of <name> label volumes, or a dataset.json")
+    p.add_argument("--section", default="test", help="dataset.json section holding the labels (default: test)")
+    p.add_argument("--output", help="folder for metrics.csv and summary.json (default: --pred)")
+    p.add_argument("--classes", nargs="+", help="class names, background first (default: from dataset.json or numbers)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing metrics files")
+    p.set_defaults(func=run)
+
+
+def pair_cases(pred_dir: str, labels: str, section: str = "test") -> list[tuple[str, str]]:
+    """(prediction, label) file pairs; an error naming every label without its prediction."""
+    if Path(labels).is_file():
+        label_files = [item["label"] for item in load_datalist(labels, section) if "label" in item]
+    else:
+        label_files = [item["image"] for item in load_folder(labels, mask_suffix="")]
+    if not label_files:
+        raise CLIError(f"{labels}: no labels found")
+    pairs, missing = [], []
+    for label in label_files:
+        pred = output_path(label, pred_dir, "seg")
+        (pairs.append((str(pred), label)) if pred.is_file() else missing.append(pred.name))
+    if missing:
+        raise CLIError(f"{pred_dir}: no prediction for {len(missing)} label(s): {', '.join(missing[:5])}")
+    return pairs
+
+
+def case_metrics(pred_file: str, label_file: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and HD95 (mm) per foreground class for one case; NaN where a class is absent from both."""
+    for f in (pred_file, label_file):
+        read_volume_info(f, read_data=False)  # clear errors for unreadable files
+    load = LoadImage(image_only=True, ensure_channel_first=True)
+    pred, label = load(pred_file), load(label_file)
+    if pred.shape != label.shape:
+        raise CLIError(f"{pred_file}: shape {tuple(pred.shape[1:])} differs from its label {label_file} {tuple(label.shape[1:])}")
+    spacing = [float(s) for s in np.sqrt((np.asarray(label.affine)[:3, :3] ** 2).sum(0))]
+    onehot = [torch.nn.functional.one_hot(t[0].long(), num_classes).movedim(-1, 0)[None] for t in (pred, label)]
+    dice = compute_dice(*onehot, include_background=False, ignore_empty=True)[0]
+    hd95 = compute_hausdorff_distance(*onehot, include_background=False, percentile=95, spacing=spacing)[0]
+    return dice.numpy(), hd95.numpy()
+
+
+def evaluate(pairs: Sequence[tuple[str, str]], class_names: Sequence[str]) -> tuple[list[dict], dict]:
+    rows = []
+    for pred, label in pairs:
+        dice, hd95 = case_metrics(pred, label, len(class_names))
+        for c, name in enumerate(class_names[1:]):
+            rows.append({"case": Path(label).name, "class": name, "dice": float(dice[c]), "hd95_mm": float(hd95[c])})
+    summary = {}
+    for name in class_names[1:]:
+        d = np.array([r["dice"] for r in rows if r["class"] == name])
+        h = np.array([r["hd95_mm"] for r in rows if r["class"] == name])
+        summary[name] = {"dice": float(np.nanmean(d)), "dice_std": float(np.nanstd(d)),
+                         "hd95_mm": float(np.nanmean(h[np.isfinite(h)])) if np.isfinite(h).any() else float("nan")}
+    return rows, summary
+
+
+def class_names_for(labels: str, given: Sequence[str] | None, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    if given:
+        return list(given)
+    if Path(labels).is_file():
+        names = json.loads(Path(labels).read_text()).get("labels")
+        if isinstance(names, dict):
+            return [names[k] for k in sorted(names, key=int)]
+    top = max(int(LoadImage(image_only=True)(f).max()) for pair in pairs for f in pair)
+    return [str(i) for i in range(top + 1)]
+
+
+def format_table(summary: dict) -> str:
+    lines = ["| class | Dice (mean ± sd) | HD95 (mm) |", "|---|---|---|"]
+    lines += [f"| {n} | {s['dice']:.3f} ± {s['dice_std']:.3f} | {s['hd95_mm']:.2f} |" for n, s in summary.items()]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, rows: list[dict], summary: dict, overwrite: bool) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["case", "class", "dice", "hd95_mm"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out_dir / "metrics.csv", lambda p: p.write_text(text.getvalue()), overwrite=overwrite)
+    atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    pairs = pair_cases(args.pred, args.labels, args.section)
+    names = class_names_for(args.labels, args.classes, pairs)
+    rows, summary = evaluate(pairs, names)
+    out = Path(args.output or args.pred)
+    try:
+        write_results(out, rows, summary, args.overwrite)
+    except FileExistsError as e:
+        raise CLIError(f"{e} (use --overwrite)") from None
+    print(f"{len(pairs)} cases\n{format_table(summary)}\nper-case metrics: {out.resolve() / 'metrics.csv'}")
+    return 0
