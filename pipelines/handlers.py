@@ -18,7 +18,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
+from pconv3d.io.sitk import atomic_write
+
 LAST, BEST = "last.pt", "best.pt"
 
 
@@ -36,25 +38,19 @@ def is_main_process() -> bool:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through :func:`pconv3d.io.sitk.atomic_write`: complete file or none, replacing ``path``."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary folders a killed run left behind (``atomic_write`` names them ``.<file>.<random>.tmp``)."""
+    for name in (LAST, BEST, "metrics.json", "metrics.csv"):
+        for stale in folder.glob(f".{name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
@@ -113,6 +109,8 @@ class CheckpointHandler:
         return states
 
     def _load(self, trainer: Engine) -> None:
+        if is_main_process():
+            remove_stale_temporaries(self.save_dir)
         path = self.save_dir / LAST
         if not self.resume or not path.exists():
             return
