@@ -1,0 +1,259 @@
+"""Transform recipes: from files on disk to aligned ``(image, mask, label)`` tensors, and back.
+
+Keys: ``image`` (channel-first float32), ``mask`` (validity mask ``(1, X, Y, Z)`` float32, 1 = valid),
+``label`` (channel-first, integer values stored as float32), ``pred`` (network output to invert). A ``mask``
+file in the datalist is optional; ``label`` is optional for inference.
+
+Order, and why:
+
+1. load, channel first, check that image/label/mask share one grid;
+2. derive the mask (NaN/inf, fill value, missing slices, mask file) and zero the holes, *before any
+   resampling*, because interpolation smears NaN and fill values into valid voxels;
+3. orientation and spacing: bilinear for the image, nearest for mask and label, zero padding for all three
+   (outside the field of view is missing), then zero the image's holes again (bilinear blurs into them);
+4. simulated missing data (training, or evaluation at an exact fraction), so that normalization only sees
+   what a real scan with those holes would show;
+5. masked normalization (statistics of valid voxels only);
+6. training only: pad to the patch size, crop around valid voxels (``ValidFgBgToIndicesd`` +
+   ``RandCropByPosNegLabeld``), random affine and flips on all three keys, intensity augmentation on the
+   image, and a last zeroing of the image's holes.
+
+Geometric transforms are MONAI's invertible ones, so ``invert_transforms(infer_transforms(...))`` maps a
+prediction back onto the original image grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from monai.data import ImageReader
+from monai.transforms import (
+    Compose,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Invertd,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    Spacingd,
+    SpatialPadd,
+)
+
+from pconv3d.io.sitk import NON_NIFTI_SUFFIXES, SimpleITKReader
+from pconv3d.transforms.dictionary import (
+    CheckGridd,
+    DeriveMaskd,
+    DropSlicesd,
+    FillHolesd,
+    MaskedNormalizeIntensityd,
+    MaskedScaleIntensityRangePercentilesd,
+    RandDropSlicesd,
+    RandMaskRegionsd,
+    ValidFgBgToIndicesd,
+)
+
+__all__ = [
+    "IMAGE",
+    "MASK",
+    "LABEL",
+    "PRED",
+    "KEYS",
+    "DEFAULT_DROP_SLICES",
+    "DEFAULT_MASK_REGIONS",
+    "DEFAULT_AFFINE",
+    "train_transforms",
+    "infer_transforms",
+    "invert_transforms",
+]
+
+IMAGE, MASK, LABEL, PRED = "image", "mask", "label", "pred"
+KEYS = (IMAGE, MASK, LABEL)
+# interpolation per key of KEYS: the mask and the label must never be blended
+_MODES = ("bilinear", "nearest", "nearest")
+
+DEFAULT_DROP_SLICES = MappingProxyType({"prob": 0.5, "axes": (2,), "fraction": (0.1, 0.5)})
+DEFAULT_MASK_REGIONS = MappingProxyType({"prob": 0.3, "num_regions": (1, 3), "size": (0.1, 0.35)})
+DEFAULT_AFFINE = MappingProxyType({"prob": 0.3, "rotate_range": (0.2, 0.2, 0.2), "scale_range": (0.1, 0.1, 0.1)})
+
+
+def _load(reader: ImageReader | str | None, mask_options: Mapping[str, Any] | None) -> list[MapTransform]:
+    """Steps 1-2: load, channel first, grid check, mask derivation (before any resampling)."""
+    load = LoadImaged(KEYS, reader=reader, image_only=True, allow_missing_keys=True)
+    if reader is None:
+        # NIfTI stays with MONAI's NibabelReader; MetaImage and NRRD go to SimpleITK (MONAI's ITKReader needs itk)
+        load.register(SimpleITKReader(suffixes=NON_NIFTI_SUFFIXES))
+    return [
+        load,
+        EnsureChannelFirstd(KEYS, allow_missing_keys=True),
+        CheckGridd([MASK, LABEL], ref_key=IMAGE, allow_missing_keys=True),
+        DeriveMaskd(IMAGE, mask_key=MASK, **dict(mask_options or {})),
+    ]
+
+
+def _geometry(pixdim: Sequence[float] | float | None, axcodes: str | None) -> list[MapTransform]:
+    """Step 3: orientation and spacing with per-key interpolation and zero padding, then re-zero the holes."""
+    steps: list[MapTransform] = []
+    if axcodes is not None:
+        # labels=None: axis labels from the MetaTensor's space (RAS for our readers), MONAI's coming default
+        steps.append(Orientationd(KEYS, axcodes=axcodes, labels=None, allow_missing_keys=True))
+    if pixdim is not None:
+        steps.append(Spacingd(KEYS, pixdim=pixdim, mode=_MODES, padding_mode="zeros", allow_missing_keys=True))
+    return [*steps, FillHolesd(IMAGE, mask_key=MASK)]
+
+
+def _normalize(normalize: str | None) -> list[MapTransform]:
+    """Step 5: masked z-score (``"zscore"``), percentile scaling (``"percentile"``) or none (``None``)."""
+    if normalize is None:
+        return []
+    if normalize == "zscore":
+        return [MaskedNormalizeIntensityd(IMAGE, mask_key=MASK)]
+    if normalize == "percentile":
+        return [MaskedScaleIntensityRangePercentilesd(IMAGE, mask_key=MASK, lower=0.5, upper=99.5)]
+    raise ValueError(f"normalize must be 'zscore', 'percentile' or None, got {normalize!r}")
+
+
+def train_transforms(
+    patch_size: Sequence[int] = (32, 32, 32),
+    num_samples: int = 2,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    pixdim: Sequence[float] | float | None = None,
+    axcodes: str | None = "RAS",
+    drop_slices: Mapping[str, Any] | None = DEFAULT_DROP_SLICES,
+    mask_regions: Mapping[str, Any] | None = DEFAULT_MASK_REGIONS,
+    affine: Mapping[str, Any] | None = DEFAULT_AFFINE,
+    flips: bool = True,
+    intensity: bool = True,
+    normalize: str | None = "zscore",
+    reader: ImageReader | str | None = None,
+    mask_options: Mapping[str, Any] | None = None,
+) -> Compose:
+    """Training transforms for datalist entries ``{"image": path, "label": path, "mask": path?}``.
+
+    Each entry yields ``num_samples`` patches ``{"image", "mask", "label"}`` of ``patch_size``, all float32
+    ``MetaTensor`` on one grid, centred on valid voxels (foreground with probability ``pos / (pos + neg)``).
+
+    Args:
+        patch_size: patch size; smaller volumes are zero-padded (padding is missing in the mask).
+        num_samples: patches per volume.
+        pos: weight of foreground-centred patches.
+        neg: weight of background-centred patches.
+        pixdim: target voxel spacing in mm (``Spacingd``); ``None`` keeps each file's grid.
+        axcodes: target orientation (``Orientationd``); ``None`` keeps each file's.
+        drop_slices: arguments of :class:`~pconv3d.transforms.RandDropSlicesd` (``prob``, ``axes``,
+            ``fraction``, ``patterns``), or ``None`` for no simulated slice dropping.
+        mask_regions: arguments of :class:`~pconv3d.transforms.RandMaskRegionsd`, or ``None``.
+        affine: arguments of MONAI's ``RandAffined`` (``prob``, ``rotate_range``, ``scale_range``, ...), or
+            ``None``; interpolation and padding are fixed per key.
+        flips: random flips along each spatial axis (probability 0.5 each).
+        intensity: random intensity scaling and Gaussian noise on the image (holes stay 0).
+        normalize: ``"zscore"``, ``"percentile"`` or ``None``.
+        reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
+        mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd` (``fill_value``, ``slice_axes``,
+            ``missing_slices_key``, ...).
+
+    Example:
+        >>> from monai.data import DataLoader, Dataset
+        >>> from pconv3d.io.datalist import load_datalist
+        >>> datalist = load_datalist("data/dataset.json", "training")  # doctest: +SKIP
+        >>> ds = Dataset(datalist, train_transforms(patch_size=(32, 32, 32)))  # doctest: +SKIP
+        >>> batch = next(iter(DataLoader(ds, batch_size=2)))  # doctest: +SKIP
+        >>> batch["image"].shape, batch["mask"].shape, batch["label"].shape  # doctest: +SKIP
+        (torch.Size([4, 1, 32, 32, 32]), torch.Size([4, 1, 32, 32, 32]), torch.Size([4, 1, 32, 32, 32]))
+    """
+    steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
+    if drop_slices is not None:
+        steps.append(RandDropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
+    if mask_regions is not None:
+        steps.append(RandMaskRegionsd(IMAGE, mask_key=MASK, **dict(mask_regions)))
+    steps += _normalize(normalize)
+    fg, bg = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
+    steps += [
+        SpatialPadd(KEYS, spatial_size=patch_size),
+        ValidFgBgToIndicesd(LABEL, mask_key=MASK),
+        RandCropByPosNegLabeld(
+            KEYS,
+            label_key=LABEL,
+            spatial_size=patch_size,
+            pos=pos,
+            neg=neg,
+            num_samples=num_samples,
+            fg_indices_key=fg,
+            bg_indices_key=bg,
+        ),
+        DeleteItemsd([fg, bg]),  # index lists differ in length between samples and cannot be collated
+    ]
+    if affine is not None:
+        steps.append(RandAffined(KEYS, mode=_MODES, padding_mode="zeros", **dict(affine)))
+    if flips:
+        steps += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if intensity:
+        steps += [RandScaleIntensityd(IMAGE, factors=0.1, prob=0.5), RandGaussianNoised(IMAGE, prob=0.2, std=0.05)]
+    steps += [FillHolesd(IMAGE, mask_key=MASK), EnsureTyped(KEYS, dtype=torch.float32)]
+    return Compose(steps)
+
+
+def infer_transforms(
+    pixdim: Sequence[float] | float | None = None,
+    axcodes: str | None = "RAS",
+    drop_slices: Mapping[str, Any] | None = None,
+    normalize: str | None = "zscore",
+    reader: ImageReader | str | None = None,
+    mask_options: Mapping[str, Any] | None = None,
+) -> Compose:
+    """Inference and evaluation transforms for entries ``{"image": path, "label": path?, "mask": path?}``.
+
+    Whole volumes (use sliding-window inference), keys ``image``, ``mask`` and ``label`` when given. With
+    ``drop_slices`` the volume loses exactly that fraction of slices, reproducibly per case (evaluation at 25,
+    50, 75 % missing); the label is untouched. Invert predictions with :func:`invert_transforms`.
+
+    Args:
+        pixdim: target voxel spacing in mm, or ``None`` to keep each file's grid.
+        axcodes: target orientation, or ``None``.
+        drop_slices: arguments of :class:`~pconv3d.transforms.DropSlicesd` (``fraction``, ``pattern``,
+            ``axis``, ``seed``), or ``None``.
+        normalize: ``"zscore"``, ``"percentile"`` or ``None``.
+        reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
+        mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd`.
+
+    Example:
+        >>> tf = infer_transforms(drop_slices={"fraction": 0.5, "pattern": "regular"})
+        >>> d = tf({"image": "imagesTs/mni_008.nii.gz", "label": "labelsTs/mni_008.nii.gz"})  # doctest: +SKIP
+        >>> float(d["mask"].mean())  # doctest: +SKIP
+        0.5
+    """
+    steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
+    if drop_slices is not None:
+        steps.append(DropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
+    steps += [*_normalize(normalize), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
+    return Compose(steps)
+
+
+def invert_transforms(
+    transform: Compose, keys: Sequence[str] | str = PRED, nearest_interp: bool = True, device: str | None = "cpu"
+) -> Invertd:
+    """``Invertd`` that maps ``keys`` (predictions on the grid of ``transform``'s output) back onto the grid
+    of the original image file, using the operations recorded on ``image``.
+
+    Args:
+        transform: the :func:`infer_transforms` instance the inputs went through.
+        keys: keys to invert. Default ``"pred"``.
+        nearest_interp: nearest interpolation (for labels); ``False`` for probabilities.
+        device: device of the inverted tensors.
+
+    Example:
+        >>> tf = infer_transforms(pixdim=(2.0, 2.0, 2.0))
+        >>> d = tf({"image": "img.nii.gz"})  # doctest: +SKIP
+        >>> d["pred"] = model_output  # doctest: +SKIP
+        >>> invert_transforms(tf)(d)["pred"].shape  # the original file's shape  # doctest: +SKIP
+    """
+    return Invertd(keys, transform=transform, orig_keys=IMAGE, nearest_interp=nearest_interp, device=device)
