@@ -19,9 +19,16 @@ from pipelines.errors import CLIError
 SUBCOMMANDS = ("run", "data", "train", "infer", "evaluate", "demo")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations: ``--epoch 2`` must be refused as an unknown config key, not read as ``--epochs``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pconv3d", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="pconv3d", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"pipelines.{name}").add_parser(sub)
     return parser

@@ -158,17 +158,16 @@ class MetricsLog:
         self._metrics: dict[str, float] = {}
 
     def attach(self, trainer: Engine) -> None:
-        trainer.add_event_handler(Events.STARTED, self._read_existing)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
         # after the validation handler, which runs the evaluator on the same event
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._write)
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.COMPLETED, self._keep_metrics)
 
-    def _read_existing(self, trainer: Engine) -> None:
+    def _earlier_rows(self, epoch: int) -> list[dict[str, Any]]:
+        """Rows of the epochs before ``epoch`` from an earlier run of this training (after ``--resume``)."""
         path = self.save_dir / "metrics.json"
-        if trainer.state.epoch > 0 and path.exists():  # resumed: keep the rows of completed epochs
-            self.rows = [r for r in json.loads(path.read_text()) if r["epoch"] <= trainer.state.epoch]
+        return [r for r in json.loads(path.read_text()) if r["epoch"] < epoch] if path.exists() and epoch > 1 else []
 
     def _add_loss(self, trainer: Engine) -> None:
         self._losses.append(float(from_engine(["loss"], first=True)(trainer.state.output)))
@@ -180,6 +179,8 @@ class MetricsLog:
         row = {"epoch": trainer.state.epoch, "loss": sum(self._losses) / max(len(self._losses), 1),
                "lr": self.optimizer.param_groups[0]["lr"], **self._metrics}
         self._losses, self._metrics = [], {}
+        if not self.rows:
+            self.rows = self._earlier_rows(trainer.state.epoch)
         self.rows.append(row)
         if not is_main_process():
             return

@@ -17,8 +17,12 @@ import torch.distributed as dist
 from monai.data import partition_dataset
 
 from pconv3d.io.datalist import load_folder, validate_case
+from pconv3d.io.save import output_path
 from pipelines.bundle import add_common_arguments, run_workflow
 from pipelines.handlers import load_checkpoint
+
+
+OUTPUT_POSTFIXES = ("seg", "prob")  # the files inference.yaml writes per input
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def input_datalist(input: str, mask: str | None = None) -> list[dict[str, str]]:
-    """Datalist for a file (with an optional mask file) or a folder; this process's share under torchrun."""
+def input_datalist(input: str, mask: str | None = None, output_dir: str | None = None) -> list[dict[str, str]]:
+    """Datalist for a file (with an optional mask file) or a folder; this process's share under torchrun.
+
+    Every file is checked before anything is written: readable, 3D, masks on their image's grid, and no
+    output in ``output_dir`` that would land on an input file."""
     if input is None:
         raise ValueError("no input given: set `input` to a volume file or a folder")
     path = Path(input)
@@ -48,8 +55,14 @@ def input_datalist(input: str, mask: str | None = None) -> list[dict[str, str]]:
         items = [{"image": str(path.resolve()), **({"mask": str(Path(mask).resolve())} if mask else {})}]
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
-    for item in items:  # every file readable, 3D, and the mask on the image's grid: before any output is written
+    for item in items:
         validate_case(item)
+    if output_dir is not None:
+        inputs = {Path(p).resolve() for item in items for p in item.values()}
+        clashes = [str(out) for item in items for post in OUTPUT_POSTFIXES
+                   if (out := output_path(item["image"], output_dir, post)).resolve() in inputs]
+        if clashes:
+            raise ValueError(f"{', '.join(clashes)}: output would overwrite an input file; choose another output folder")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         if not dist.is_initialized():

@@ -1,0 +1,217 @@
+"""The command line end to end on a tiny phantom dataset: train, resume, infer, evaluate, and every bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pconv3d.data import make_dataset
+from pipelines.cli import main
+from pipelines.handlers import load_checkpoint
+
+TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]",
+        "--val_interval", "1", "--progress", "false", "--num_val", "1"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom")
+    make_dataset("phantom", out, n_train=3, n_test=2, size=24, seed=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "2", *TINY]) == 0
+    return out
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_writes_loadable_checkpoints_and_logs(trained):
+    best, last = load_checkpoint(trained / "best.pt"), torch.load(trained / "last.pt", weights_only=True)
+    assert best["network_def"]["_target_"] == "pconv3d.networks.PartialUNet"
+    assert best["network_def"]["channels"] == [4, 8, 16]
+    assert {"network", "optimizer", "lr_scheduler", "trainer", "best_metric"} <= set(last)
+    rows = json.loads((trained / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2] and all("val_mean_dice" in r for r in rows)
+    assert (trained / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+    assert any((trained / "tensorboard").iterdir())
+    assert not list(trained.glob(".*.tmp"))
+
+
+def test_resume_continues_after_the_last_completed_epoch(dataset, trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("last.pt", "metrics.json", "metrics.csv"):
+        (out / name).write_bytes((trained / name).read_bytes())
+    before = torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"]
+    assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "3", "--resume", *TINY]) == 0
+    assert "resumed" in capsys.readouterr().out
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    after = torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"]
+    assert after == before * 3 // 2  # one more epoch of the same length, not a restart
+
+
+def test_killed_mid_epoch_then_resumed_loses_nothing(dataset, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(dataset), "--output", str(out), *TINY]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([*cmd, "--epochs", "50"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "metrics.json").exists():
+            time.sleep(0.2)
+        time.sleep(0.5)  # somewhere inside a later epoch
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = torch.load(out / "last.pt", weights_only=True)  # never partial: written by rename
+    epochs_done = json.loads((out / "metrics.json").read_text())[-1]["epoch"]
+    assert done["trainer"]["iteration"] >= 1 and epochs_done < 50
+    target = epochs_done + 1
+    assert subprocess.run([*cmd, "--epochs", str(target), "--resume"], cwd=ROOT, env=env, capture_output=True).returncode == 0
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == list(range(1, target + 1))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_infer_keeps_shape_and_affine_and_never_touches_inputs(dataset, trained, tmp_path):
+    images = dataset / "imagesTs"
+    before = files_under(dataset)
+    out = tmp_path / "pred"
+    assert main(["infer", "--model", str(trained / "best.pt"), "--input", str(images), "--output", str(out),
+                 "--probabilities", "--progress", "false"]) == 0
+    for image in sorted(images.iterdir()):
+        src = nib.load(image)
+        seg = nib.load(out / image.name.replace(".nii.gz", "_seg.nii.gz"))
+        prob = nib.load(out / image.name.replace(".nii.gz", "_prob.nii.gz"))
+        assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
+        assert prob.shape == (*src.shape, 4)
+        np.testing.assert_allclose(np.asarray(prob.dataobj).sum(-1), 1.0, atol=1e-4)
+        assert np.array_equal(np.asarray(seg.dataobj), np.asarray(prob.dataobj).argmax(-1))
+    assert files_under(dataset) == before
+    # evaluation of those predictions: Dice in [0, 1], one row per case and class
+    assert main(["evaluate", "--pred", str(out), "--labels", str(dataset / "dataset.json")]) == 0
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 3
+
+
+def test_infer_refuses_to_write_over_an_input(dataset, trained, tmp_path, capsys):
+    image = tmp_path / "case.nii.gz"
+    image.write_bytes((dataset / "imagesTs" / sorted(os.listdir(dataset / "imagesTs"))[0]).read_bytes())
+    clash = tmp_path / "case_seg.nii.gz"  # given as the mask, and also the name the label map would get
+    src = nib.load(image)
+    nib.save(nib.Nifti1Image(np.ones(src.shape, np.float32), src.affine), clash)
+    before = files_under(tmp_path)
+    code = main(["infer", "--model", str(trained / "best.pt"), "--input", str(image), "--mask", str(clash),
+                 "--output", str(tmp_path), "--overwrite", "--progress", "false"])
+    assert code == 2 and "overwrite an input" in capsys.readouterr().err
+    assert files_under(tmp_path) == before
+
+
+def test_evaluate_perfect_prediction_scores_one(dataset, tmp_path):
+    labels = sorted((dataset / "labelsTs").iterdir())
+    for label in labels:
+        (tmp_path / label.name.replace(".nii.gz", "_seg.nii.gz")).write_bytes(label.read_bytes())
+    assert main(["evaluate", "--pred", str(tmp_path), "--labels", str(dataset / "labelsTs")]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all(v["dice"] == pytest.approx(1.0) and v["hd95_mm"] == pytest.approx(0.0) for v in summary.values())
+
+
+def _bad_inputs(tmp_path: Path, dataset: Path) -> dict[str, Path]:
+    tmp_path.mkdir()
+    image = sorted((dataset / "imagesTs").iterdir())[0]
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(image.read_bytes()[:200])
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.float32), np.eye(4)), flat)
+    text = tmp_path / "notes.nii.gz"
+    text.write_bytes(gzip.compress(b"not an image"))
+    return {"missing": tmp_path / "nope.nii.gz", "truncated": truncated, "2D": flat, "non-image": text}
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "2D", "non-image"])
+def test_infer_bad_input_files_fail_cleanly(dataset, trained, tmp_path, capsys, kind):
+    bad = _bad_inputs(tmp_path / "in", dataset)
+    out = tmp_path / "out"
+    code = main(["infer", "--model", str(trained / "best.pt"), "--input", str(bad[kind]), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and bad[kind].name in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_checkpoints_fail_cleanly(dataset, trained, tmp_path, capsys):
+    image = str(sorted((dataset / "imagesTs").iterdir())[0])
+    not_ckpt = tmp_path / "model.pt"
+    not_ckpt.write_text("hello")
+    code = main(["infer", "--model", str(not_ckpt), "--input", image, "--output", str(tmp_path / "o")])
+    assert code == 2 and "not a readable checkpoint" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    ckpt = load_checkpoint(trained / "best.pt")
+    ckpt.pop("network_def")  # falls back to the inference config's (larger) network
+    torch.save(ckpt, other)
+    code = main(["infer", "--model", str(other), "--input", image, "--output", str(tmp_path / "o")])
+    assert code == 2 and "another architecture" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unknown_config_key_lists_valid_ones(dataset, tmp_path, capsys):
+    code = main(["train", "--data", str(dataset), "--output", str(tmp_path), "--epoch", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown config key 'epoch'" in err and "epochs" in err
+    code = main(["train", "--data", str(dataset), "--output", str(tmp_path), "--train#trainer#max_epoch", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train#trainer#max_epochs" in err
+
+
+def test_output_folder_not_writable(dataset, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["train", "--data", str(dataset), "--output", str(blocker / "sub"), "--epochs", "1", *TINY])
+    assert code == 2 and "not writable" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "none"), "--output", str(tmp_path / "o"), "--epochs", "1", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataset.json" in err and "Traceback" not in err
+
+
+def test_monai_bundle_runner_runs_the_same_config(dataset, tmp_path):
+    out = tmp_path / "bundle"
+    args = ["--dataset_dir", str(dataset), "--output_dir", str(out), "--epochs", "1", "--val_interval", "1",
+            "--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]",
+            "--progress", "false", "--num_val", "1"]
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", *args],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "last.pt").exists() and (out / "best.pt").exists()
+
+
+def test_two_process_training_on_gloo(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pipelines.cli", "train",
+           "--config", "train.yaml", "multi_process.yaml", "--data", str(dataset), "--output", str(out), "--epochs", "1",
+           *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1]  # one writer: rank 0
+    assert load_checkpoint(out / "best.pt")["network"]
