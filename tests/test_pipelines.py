@@ -209,7 +209,7 @@ def test_two_process_training_on_gloo(dataset, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pipelines.cli", "train",
            "--config", "train.yaml", "multi_process.yaml", "--data", str(dataset), "--output", str(out), "--epochs", "1",
-           *TINY]
+           *TINY, "--num_val", "2"]  # a validation case per process
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "metrics.json").read_text())
