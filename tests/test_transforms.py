@@ -509,3 +509,20 @@ def test_recipes_reject_misaligned_files(tmp_path):
     assert isinstance(cause, ValueError)
     expected = r"'label' '.*short.nii.gz' does not match 'image' '.*image.nii.gz': shape \(24, 20, 15\) differs"
     assert re.search(expected, str(cause))
+
+
+def test_interpolate_slices_matches_numpy_interp_and_leaves_valid_slices():
+    from pconv3d.transforms import InterpolateSlices, InterpolateSlicesd
+
+    rng = np.random.default_rng(3)
+    img = torch.from_numpy(rng.normal(size=(2, 5, 4, 12)).astype(np.float32))
+    keep = np.array([0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0], bool)
+    mask = torch.from_numpy(np.broadcast_to(keep, (1, 5, 4, 12)).astype(np.float32).copy())
+    holes = torch.where(mask.bool(), img, torch.tensor(float("nan")))
+    out = InterpolateSlices(axis=2)(torch.nan_to_num(holes), mask)
+    idx = np.arange(12)
+    ref = np.apply_along_axis(lambda v: np.interp(idx, idx[keep], v[keep]), -1, img.numpy())
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[..., keep], img[..., keep])
+    d = InterpolateSlicesd("image", axis=2)({"image": torch.nan_to_num(holes), "mask": mask})
+    assert torch.equal(d["mask"], mask) and torch.allclose(d["image"], out)

@@ -272,6 +272,52 @@ class FillHoles(Transform):
         return _fill(img, _valid(mask, img), self.value)
 
 
+class InterpolateSlices(Transform):
+    """Fill missing slices by linear interpolation between the nearest valid slices along an axis.
+
+    A slice is missing when its mask is 0 everywhere; slices before the first or after the last valid slice
+    copy the nearest valid one. Holes that do not span a whole slice are left as they are. This is the
+    classical way to feed volumes with missing slices to a network that has no mask input (the baseline of
+    the robustness study), not something a partial-convolution network needs.
+
+    Args:
+        axis: spatial axis of the slices (0, 1 or 2 for ``(C, X, Y, Z)``).
+
+    Example:
+        >>> img = torch.arange(4.0).reshape(1, 1, 1, 4); mask = torch.tensor([1.0, 0, 0, 1]).reshape(1, 1, 1, 4)
+        >>> InterpolateSlices(axis=2)(img * mask, mask).flatten()
+        tensor([0., 1., 2., 3.])
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, axis: int = 2) -> None:
+        self.axis = axis
+
+    def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor) -> NdarrayOrTensor:
+        check_volume(img)
+        data = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+        dim = 1 + self.axis
+        valid = _valid(mask, img)
+        present = valid.movedim(dim, 0).reshape(valid.shape[dim], -1).any(1).cpu()
+        if present.all() or not present.any():
+            return img
+        n = present.numel()
+        known = torch.nonzero(present).flatten()
+        pos = torch.arange(n, dtype=torch.float32)
+        # for every slice: the valid slices just below and above it, and its weight between them
+        upper = torch.searchsorted(known, torch.arange(n)).clamp(max=known.numel() - 1)
+        lower = (upper - (known[upper] > torch.arange(n)).long()).clamp(min=0)
+        lo, hi = known[lower], known[upper]
+        span = (hi - lo).clamp(min=1).float()
+        w = ((pos - lo.float()) / span).clamp(0, 1)
+        shape = [1] * data.dim()
+        shape[dim] = n
+        filled = data.index_select(dim, lo) * (1 - w).view(shape) + data.index_select(dim, hi) * w.view(shape)
+        out = torch.where(present.view(shape), data, filled)
+        return convert_to_dst_type(out, img, dtype=img.dtype)[0]
+
+
 class _MaskedIntensity(Transform):
     """Base of masked normalizations: statistics from the valid voxels only, holes 0 in the output."""
 

@@ -22,6 +22,7 @@ from pconv3d.transforms.array import (
     DeriveMask,
     DropSlices,
     FillHoles,
+    InterpolateSlices,
     MaskedNormalizeIntensity,
     MaskedScaleIntensityRangePercentiles,
     RandDropSlices,
@@ -205,6 +206,21 @@ class FillHolesd(_MaskedKeysd):
         self, keys: KeysCollection, mask_key: str = "mask", value: float = 0.0, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, FillHoles(value), mask_key, allow_missing_keys)
+
+
+class InterpolateSlicesd(_MaskedKeysd):
+    """Fill missing slices of image keys by linear interpolation; see
+    :class:`~pconv3d.transforms.array.InterpolateSlices`. The mask is left as it is.
+
+    Args:
+        keys: image keys.
+        mask_key: key of the validity mask.
+        axis: spatial axis of the slices.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, mask_key: str = "mask", axis: int = 2, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, InterpolateSlices(axis), mask_key, allow_missing_keys)
 
 
 class MaskedNormalizeIntensityd(_MaskedKeysd):

@@ -54,6 +54,7 @@ from pconv3d.transforms.dictionary import (
     DeriveMaskd,
     DropSlicesd,
     FillHolesd,
+    InterpolateSlicesd,
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentilesd,
     RandDropSlicesd,
@@ -121,6 +122,11 @@ def _normalize(normalize: str | None) -> list[MapTransform]:
     raise ValueError(f"normalize must be 'zscore', 'percentile' or None, got {normalize!r}")
 
 
+def _interpolate(axis: int | None) -> list[MapTransform]:
+    """Optional step after simulated holes: interpolate missing slices (baseline networks without a mask)."""
+    return [] if axis is None else [InterpolateSlicesd(IMAGE, mask_key=MASK, axis=axis)]
+
+
 def train_transforms(
     patch_size: Sequence[int] = (32, 32, 32),
     num_samples: int = 2,
@@ -136,6 +142,7 @@ def train_transforms(
     normalize: str | None = "zscore",
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
+    interpolate_slices: int | None = None,
 ) -> Compose:
     """Training transforms for datalist entries ``{"image": path, "label": path, "mask": path?}``.
 
@@ -160,6 +167,8 @@ def train_transforms(
         reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
         mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd` (``fill_value``, ``slice_axes``,
             ``missing_slices_key``, ...).
+        interpolate_slices: fill missing slices along this axis by linear interpolation (for networks
+            without a mask input); ``None`` leaves holes at 0.
 
     Example:
         >>> from monai.data import DataLoader, Dataset
@@ -175,7 +184,7 @@ def train_transforms(
         steps.append(RandDropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
     if mask_regions is not None:
         steps.append(RandMaskRegionsd(IMAGE, mask_key=MASK, **dict(mask_regions)))
-    steps += _normalize(normalize)
+    steps += _interpolate(interpolate_slices) + _normalize(normalize)
     fg, bg = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
     steps += [
         SpatialPadd(KEYS, spatial_size=patch_size),
@@ -209,6 +218,7 @@ def infer_transforms(
     normalize: str | None = "zscore",
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
+    interpolate_slices: int | None = None,
 ) -> Compose:
     """Inference and evaluation transforms for entries ``{"image": path, "label": path?, "mask": path?}``.
 
@@ -224,6 +234,7 @@ def infer_transforms(
         normalize: ``"zscore"``, ``"percentile"`` or ``None``.
         reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
         mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd`.
+        interpolate_slices: fill missing slices along this axis by linear interpolation, or ``None``.
 
     Example:
         >>> tf = infer_transforms(drop_slices={"fraction": 0.5, "pattern": "regular"})
@@ -234,7 +245,7 @@ def infer_transforms(
     steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
     if drop_slices is not None:
         steps.append(DropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
-    steps += [*_normalize(normalize), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
+    steps += [*_interpolate(interpolate_slices), *_normalize(normalize), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
     return Compose(steps)
 
 
