@@ -28,8 +28,11 @@ from pipelines.errors import CLIError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="Dice and HD95 of predictions against labels")
-    p.add_argument("--pred", required=True, help="folder of <name>_seg predictions")
-    p.add_argument("--labels", required=True, help="folder of <name> label volumes, or a dataset.json")
+    p.add_argument("--pred", help="folder of <name>_seg predictions")
+    p.add_argument("--labels", help="folder of <name> label volumes, or a dataset.json")
+    p.add_argument("--study", action="store_true",
+                   help="run the missing-data robustness study instead (trains three models; see pipelines/study.py)")
+    p.add_argument("--epochs", type=int, default=40, help="with --study: training epochs per method")
     p.add_argument("--section", default="test", help="dataset.json section holding the labels (default: test)")
     p.add_argument("--output", help="folder for metrics.csv and summary.json (default: --pred)")
     p.add_argument("--classes", nargs="+", help="class names, background first (default: from dataset.json or numbers)")
@@ -111,6 +114,13 @@ def write_results(out_dir: Path, rows: list[dict], summary: dict, overwrite: boo
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.study:
+        from pipelines.study import run_study  # heavy, and only for the study
+
+        run_study(args.output or "outputs/study", epochs=args.epochs)
+        return 0
+    if not args.pred or not args.labels:
+        raise CLIError("--pred and --labels are required (or --study)")
     pairs = pair_cases(args.pred, args.labels, args.section)
     names = class_names_for(args.labels, args.classes, pairs)
     rows, summary = evaluate(pairs, names)

@@ -5,7 +5,7 @@ Checkpoints are plain dicts loadable with ``torch.load(weights_only=True)``:
 * ``last.pt`` after every epoch: network, optimizer, scheduler and trainer state plus the best metric so far,
   so ``--resume`` loses no completed epoch;
 * ``best.pt`` when the validation metric improves: network weights, the network's config (so
-  ``pconv3d infer`` can rebuild it) and the metric.
+  ``pconv3d infer`` can rebuild it) and the metric; the final weights if no validation ever ran.
 
 Every file is written to a temporary file in the same folder and renamed over the target, so a run killed
 at any moment leaves either the previous or the new file, never a partial one. Only rank 0 writes.
@@ -101,6 +101,7 @@ class CheckpointHandler:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save_last)
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.COMPLETED, self._save_best)
+        trainer.add_event_handler(Events.COMPLETED, self._save_final_if_never_validated)
 
     def _states(self) -> dict[str, Any]:
         states = {"network": _unwrap(self.network).state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -130,14 +131,21 @@ class CheckpointHandler:
             atomic_save({**self._states(), "trainer": trainer.state_dict(), "best_metric": self.best,
                          "network_def": self.network_def}, self.save_dir / LAST)
 
+    def _write_best(self, metric: float | None) -> None:
+        if is_main_process():
+            epoch = self.trainer.state.epoch if self.trainer is not None else 0
+            atomic_save({"network": _unwrap(self.network).state_dict(), "network_def": self.network_def,
+                         "metric": {self.metric_name: metric}, "epoch": epoch}, self.save_dir / BEST)
+
     def _save_best(self, evaluator: Engine) -> None:
         metric = float(evaluator.state.metrics.get(self.metric_name, -math.inf))
         if metric > self.best:
             self.best = metric
-            if is_main_process():
-                epoch = self.trainer.state.epoch if self.trainer is not None else 0
-                atomic_save({"network": _unwrap(self.network).state_dict(), "network_def": self.network_def,
-                             "metric": {self.metric_name: metric}, "epoch": epoch}, self.save_dir / BEST)
+            self._write_best(metric)
+
+    def _save_final_if_never_validated(self, trainer: Engine) -> None:
+        if self.best == -math.inf and not (self.save_dir / BEST).exists():
+            self._write_best(None)
 
 
 class MetricsLog:
