@@ -123,7 +123,8 @@ def _normalize(normalize: str | None) -> list[MapTransform]:
 
 
 def _interpolate(axis: int | None) -> list[MapTransform]:
-    """Optional step after simulated holes: interpolate missing slices (baseline networks without a mask)."""
+    """Optional last step: interpolate missing slices (baseline networks without a mask). Last, because
+    masked normalization and the final hole filling set holes to 0."""
     return [] if axis is None else [InterpolateSlicesd(IMAGE, mask_key=MASK, axis=axis)]
 
 
@@ -184,7 +185,7 @@ def train_transforms(
         steps.append(RandDropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
     if mask_regions is not None:
         steps.append(RandMaskRegionsd(IMAGE, mask_key=MASK, **dict(mask_regions)))
-    steps += _interpolate(interpolate_slices) + _normalize(normalize)
+    steps += _normalize(normalize)
     fg, bg = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
     steps += [
         SpatialPadd(KEYS, spatial_size=patch_size),
@@ -207,7 +208,7 @@ def train_transforms(
         steps += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
     if intensity:
         steps += [RandScaleIntensityd(IMAGE, factors=0.1, prob=0.5), RandGaussianNoised(IMAGE, prob=0.2, std=0.05)]
-    steps += [FillHolesd(IMAGE, mask_key=MASK), EnsureTyped(KEYS, dtype=torch.float32)]
+    steps += [FillHolesd(IMAGE, mask_key=MASK), *_interpolate(interpolate_slices), EnsureTyped(KEYS, dtype=torch.float32)]
     return Compose(steps)
 
 
@@ -245,7 +246,7 @@ def infer_transforms(
     steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
     if drop_slices is not None:
         steps.append(DropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
-    steps += [*_interpolate(interpolate_slices), *_normalize(normalize), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
+    steps += [*_normalize(normalize), *_interpolate(interpolate_slices), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
     return Compose(steps)
 
 
