@@ -295,25 +295,28 @@ class MaskedMoments(NamedTuple):
 
 
 def masked_moments(x: Tensor, valid: Tensor, dims: List[int]) -> MaskedMoments:
-    """Mean and biased variance of ``x`` over ``dims``, counting only voxels where ``valid``.
+    """Mean and biased variance of ``x`` over ``dims``, counting only voxels where ``valid == 1``.
 
     Args:
         x: floating tensor; its holes may hold anything (NaN and inf too): they are never read.
-        valid: bool tensor broadcastable to ``x`` (size 1 or ``x``'s size in every dim).
+        valid: binary (0/1) mask of ``x``'s dtype, broadcastable to ``x`` (size 1 or ``x``'s size in every
+            dim). It is the one tensor autograd keeps for the masking, shared by reference.
         dims: the reduced dims.
 
-    Returns ``mean``, ``var`` and ``count`` (the number of valid elements, as ``x.dtype``) with the reduced
-    dims kept, and ``centered = x - mean`` with holes exactly 0. Where nothing is valid the mean and
-    variance are 0 (never NaN).
+    Returns ``mean``, ``var`` and ``count`` (the number of valid elements) with the reduced dims kept, and
+    ``centered = x - mean`` with holes exactly 0. Where nothing is valid the mean and variance are 0
+    (never NaN, gradients included).
     """
-    count = valid.sum(dims, keepdim=True).to(x.dtype)
+    count = valid.sum(dims, keepdim=True)
     broadcast = 1  # elements of x per element of valid over the reduced dims
     for d in dims:
         if valid.shape[d] == 1:
             broadcast *= x.shape[d]
     count = count * broadcast
     denom = count.clamp_min(1.0)
-    mean = apply_mask(x, valid).sum(dims, keepdim=True) / denom
-    centered = apply_mask(x - mean, valid)
-    var = (centered * centered).sum(dims, keepdim=True) / denom
+    xm = apply_mask(x, valid)
+    mean = xm.sum(dims, keepdim=True) / denom
+    centered = torch.addcmul(xm, mean, valid, value=-1.0)  # xm - mean on valid voxels, 0 in holes: one pass
+    # one pass, no squared temporary; its gradient is 2 * centered, also where everything is 0
+    var = torch.linalg.vector_norm(centered, 2, dims, keepdim=True).square() / denom
     return MaskedMoments(mean, var, centered, count)

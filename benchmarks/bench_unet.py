@@ -1,0 +1,206 @@
+"""Side-by-side training step, inference and peak memory of MONAI UNet, PartialUNet and PartialUNet on the
+reference-algorithm baseline layer.
+
+Run: ``python -m benchmarks.bench_unet [--size 64] [--batch 2] [--channels 16 32 64 128] [--reps 5]``
+(``--quick``: tiny sizes, to check the script runs).
+
+The three networks share one set of weights (loaded from the MONAI ``UNet``) and are timed interleaved
+in one process, so the ratios compare like with like. The partial networks get a fresh mask tensor on
+every call (random holes plus two dropped slices, cloned outside the timed region), so no statistics
+cache can help across calls. A training step is forward, cross-entropy, backward and an SGD step;
+inference is a ``no_grad`` forward in eval mode. Times are medians.
+
+The baseline network is ``PartialUNet`` built while the ``"partialconv"`` entry of MONAI's ``Conv``
+factory points at :class:`benchmarks.reference_baseline.ReferencePartialConv3d` (every partial
+convolution is the baseline; the transposed ones, which the baseline has no counterpart for, stay
+pconv3d's). Peak memory is the growth of the resident set over one call (Linux ``VmHWM``, reset before
+the call through ``/proc/self/clear_refs``, with glibc returning large blocks at once so that freed
+tensors leave the resident set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
+from monai.networks.nets import UNet
+
+from benchmarks.reference_baseline import ReferencePartialConv3d
+from pconv3d.blocks import PARTIAL_CONV
+from pconv3d.networks import PartialUNet
+
+MONAI, OURS, BASELINE = "MONAI UNet", "PartialUNet, masks", "PartialUNet on baseline layer"
+
+
+class BaselineLayer(ReferencePartialConv3d):
+    """The baseline layer behind the interface the partial blocks call: ``partial_forward(x, mask)``."""
+
+    def __init__(self, *args, multi_channel: bool = False, **kwargs) -> None:
+        # the blocks ask for multi_channel to accept per-channel masks; the masks here are single-channel
+        super().__init__(*args, multi_channel=False, return_mask=True, **kwargs)
+
+    def partial_forward(self, input: torch.Tensor, mask_in: torch.Tensor | None = None):
+        return self.forward(input, mask_in)
+
+
+@contextmanager
+def partial_conv_layer(factory: Callable[[int], type]) -> Iterator[None]:
+    """Build partial blocks on another layer class: swap the factory entry, restore it afterwards."""
+    saved = Conv.components[PARTIAL_CONV]
+    Conv.add_factory_callable(PARTIAL_CONV, factory)
+    try:
+        yield
+    finally:
+        Conv.components[PARTIAL_CONV] = saved
+
+
+def make_mask(n: int, size: int, seed: int) -> torch.Tensor:
+    """Random holes plus two dropped slices, the shape of real missing data."""
+    g = torch.Generator().manual_seed(seed)
+    m = (torch.rand(n, 1, size, size, size, generator=g) > 0.1).float()
+    m[:, :, size // 3] = 0
+    m[:, :, size // 2] = 0
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------
+# peak resident-set growth (Linux)
+
+_libc = ctypes.CDLL(None)
+_M_MMAP_THRESHOLD = -3
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def peak_growth(fn: Callable[[], None]) -> int:
+    """Bytes the resident set grew by at its peak during ``fn()``."""
+    gc.collect()
+    before = _status_bytes("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set
+    fn()
+    return _status_bytes("VmHWM:") - before
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def build(args) -> dict[str, nn.Module]:
+    kw = dict(
+        spatial_dims=3, in_channels=1, out_channels=2, channels=args.channels, strides=(2,) * (len(args.channels) - 1),
+        num_res_units=args.num_res_units,
+    )
+    torch.manual_seed(0)
+    nets = {MONAI: UNet(**kw), OURS: PartialUNet(**kw)}
+    with partial_conv_layer(lambda dim: BaselineLayer):
+        nets[BASELINE] = PartialUNet(**kw)
+    for name in (OURS, BASELINE):
+        nets[name].load_state_dict(nets[MONAI].state_dict(), strict=True)
+    return nets
+
+
+def step_fns(nets: dict[str, nn.Module], x: torch.Tensor, label: torch.Tensor) -> tuple[dict, dict]:
+    """Per network: a training step and an inference call, each taking the mask for this call."""
+    opts = {name: torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9) for name, net in nets.items()}
+
+    def call(name: str, mask: torch.Tensor) -> torch.Tensor:
+        return nets[name](x) if name == MONAI else nets[name](x, mask)
+
+    def train(name: str) -> Callable[[torch.Tensor], None]:
+        def f(mask: torch.Tensor) -> None:
+            nets[name].train()
+            opts[name].zero_grad(set_to_none=True)
+            F.cross_entropy(call(name, mask), label).backward()
+            opts[name].step()
+
+        return f
+
+    def infer(name: str) -> Callable[[torch.Tensor], None]:
+        def f(mask: torch.Tensor) -> None:
+            nets[name].eval()
+            with torch.no_grad():
+                call(name, mask)
+
+        return f
+
+    return {n: train(n) for n in nets}, {n: infer(n) for n in nets}
+
+
+def time_calls(
+    fns: dict[str, Callable[[torch.Tensor], None]], masks: list[torch.Tensor], reps: int
+) -> dict[str, float]:
+    """Median seconds per call, the functions interleaved round-robin after one warm-up each."""
+    for fn in fns.values():
+        fn(masks[0].clone())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(reps):
+        for name, fn in fns.items():
+            m = masks[r % len(masks)].clone()  # a fresh tensor every call
+            t0 = time.perf_counter()
+            fn(m)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--num-res-units", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    args = p.parse_args()
+    if args.quick:
+        args.size, args.batch, args.channels, args.reps = 16, 1, [4, 8], 1
+    _libc.mallopt(_M_MMAP_THRESHOLD, 1 << 16)  # large blocks mmapped and returned on free: RSS follows live memory
+
+    nets = build(args)
+    x = torch.randn(args.batch, 1, args.size, args.size, args.size)
+    label = torch.randint(0, 2, (args.batch, args.size, args.size, args.size))
+    masks = [make_mask(args.batch, args.size, s) for s in range(3)]
+    train, infer = step_fns(nets, x, label)
+    t_train, t_infer = time_calls(train, masks, args.reps), time_calls(infer, masks, args.reps)
+    m_train = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in train.items()}
+    m_infer = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in infer.items()}
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, 1 channel, {args.size}³, "
+        f"channels {tuple(args.channels)}, num_res_units {args.num_res_units}; median of {args.reps}; "
+        "memory: peak resident-set growth over one call"
+    )
+    cols = ["network"]
+    for what in ("train step (s)", "inference (s)", "train peak (MB)", "inference peak (MB)"):
+        cols += [what, "× UNet"]
+    print("| " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * (len(cols) - 1))
+    for name in nets:
+        row = [name]
+        tables = ((t_train, 1, "{:.3f}"), (t_infer, 1, "{:.3f}"), (m_train, 1e-6, "{:.0f}"), (m_infer, 1e-6, "{:.0f}"))
+        for table, scale, fmt in tables:
+            row += [fmt.format(table[name] * scale), f"{table[name] / table[MONAI]:.2f}×"]
+        print("| " + " | ".join(row) + " |")
+    print(
+        f"\nPartialUNet vs the baseline layer: training step {t_train[BASELINE] / t_train[OURS]:.2f}× faster, "
+        f"inference {t_infer[BASELINE] / t_infer[OURS]:.2f}× faster. "
+        "Targets: PartialUNet ≤ 1.15× UNet time and ≤ 1.10× its peak memory; ≥ 1.3× faster than the baseline."
+    )
+
+
+if __name__ == "__main__":
+    main()

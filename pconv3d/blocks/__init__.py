@@ -1,0 +1,60 @@
+"""Partial-convolution blocks for MONAI networks: every block takes and returns ``(x, mask)``.
+
+Importing this package registers the partial layers in MONAI's factories (see
+:mod:`pconv3d.blocks.factories`): ``Conv["partialconv"]``, ``Conv["partialconvtrans"]``,
+``Norm["maskedinstance"]``, ``Norm["maskedbatch"]``, ``Norm["maskedgroup"]``.
+"""
+
+from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS, masked_norm  # registers first
+from pconv3d.blocks.conv_transpose import PartialConvTranspose1d, PartialConvTranspose2d, PartialConvTranspose3d
+from pconv3d.blocks.convolution import PartialADN, PartialConvolution
+from pconv3d.blocks.dynunet_block import (
+    PartialUnetBasicBlock,
+    PartialUnetOutBlock,
+    PartialUnetResBlock,
+    PartialUnetUpBlock,
+)
+from pconv3d.blocks.norm import (
+    MaskedBatchNorm1d,
+    MaskedBatchNorm2d,
+    MaskedBatchNorm3d,
+    MaskedGroupNorm,
+    MaskedInstanceNorm1d,
+    MaskedInstanceNorm2d,
+    MaskedInstanceNorm3d,
+    MaskedNorm,
+)
+from pconv3d.blocks.residual import PartialIdentity, PartialResidualUnit
+from pconv3d.blocks.sampling import PartialMaxPool, PartialUpSample
+from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection, any_channel, mask_union
+
+__all__ = [
+    "PARTIAL_CONV",
+    "PARTIAL_CONVTRANS",
+    "masked_norm",
+    "MaskedNorm",
+    "MaskedInstanceNorm1d",
+    "MaskedInstanceNorm2d",
+    "MaskedInstanceNorm3d",
+    "MaskedBatchNorm1d",
+    "MaskedBatchNorm2d",
+    "MaskedBatchNorm3d",
+    "MaskedGroupNorm",
+    "PartialConvTranspose1d",
+    "PartialConvTranspose2d",
+    "PartialConvTranspose3d",
+    "PartialADN",
+    "PartialConvolution",
+    "PartialIdentity",
+    "PartialResidualUnit",
+    "PartialSequential",
+    "PartialSkipConnection",
+    "any_channel",
+    "mask_union",
+    "PartialMaxPool",
+    "PartialUpSample",
+    "PartialUnetBasicBlock",
+    "PartialUnetResBlock",
+    "PartialUnetUpBlock",
+    "PartialUnetOutBlock",
+]
