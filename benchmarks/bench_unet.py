@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import UNet
 
+from benchmarks.bench_partial_conv import time_calls
 from benchmarks.reference_baseline import ReferencePartialConv3d
 from pconv3d.blocks import PARTIAL_CONV
 from pconv3d.networks import PartialUNet
@@ -139,22 +140,6 @@ def step_fns(nets: dict[str, nn.Module], x: torch.Tensor, label: torch.Tensor) -
         return f
 
     return {n: train(n) for n in nets}, {n: infer(n) for n in nets}
-
-
-def time_calls(
-    fns: dict[str, Callable[[torch.Tensor], None]], masks: list[torch.Tensor], reps: int
-) -> dict[str, float]:
-    """Median seconds per call, the functions interleaved round-robin after one warm-up each."""
-    for fn in fns.values():
-        fn(masks[0].clone())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(reps):
-        for name, fn in fns.items():
-            m = masks[r % len(masks)].clone()  # a fresh tensor every call
-            t0 = time.perf_counter()
-            fn(m)
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pipelines.study import run_study
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", default="outputs/study")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     run_study(args.output, epochs=args.epochs, seed=args.seed)

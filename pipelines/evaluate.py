@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="folder of <name> label volumes, or a dataset.json")
     p.add_argument("--study", action="store_true",
                    help="run the missing-data robustness study instead (trains three models; see pipelines/study.py)")
-    p.add_argument("--epochs", type=int, default=40, help="with --study: training epochs per method")
+    p.add_argument("--epochs", type=int, default=250, help="with --study: training epochs per method")
     p.add_argument("--section", default="test", help="dataset.json section holding the labels (default: test)")
     p.add_argument("--output", help="folder for metrics.csv and summary.json (default: --pred)")
     p.add_argument("--classes", nargs="+", help="class names, background first (default: from dataset.json or numbers)")

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="main job: dataset, training, inference on volumes with missing slices, Dice")
     p.add_argument("--output", default="outputs", help="folder for everything the job writes (default: outputs)")
     p.add_argument("--kind", default="mni", choices=["mni", "phantom"], help="dataset (default: mni)")
-    p.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
+    p.add_argument("--epochs", type=int, default=250, help="training epochs (default: 250, about 3.5 min on 2 cores)")
     p.add_argument("--missing", type=float, default=0.33, help="fraction of test slices removed (default: 0.33)")
     p.add_argument("--pattern", default="regular", choices=["regular", "random", "block"], help="which slices go")
     p.add_argument("--seed", type=int, default=0)

@@ -79,7 +79,7 @@ def evaluate_method(network: torch.nn.Module, method: dict[str, Any], cases: lis
     return np.stack(scores)
 
 
-def run_study(output: str | Path = "outputs/study", epochs: int = 40, seed: int = 0, n_test: int = 8) -> list[dict]:
+def run_study(output: str | Path = "outputs/study", epochs: int = 250, seed: int = 0, n_test: int = 8) -> list[dict]:
     out = Path(output)
     data = out / "data"
     if not is_generated_dataset(data):

@@ -118,11 +118,12 @@ class PartialUnetBasicBlock(nn.Module):
         return apply_mask(out, m), m
 
 
-class PartialUnetResBlock(nn.Module):
+class PartialUnetResBlock(PartialUnetBasicBlock):
     """MONAI ``UnetResBlock`` on ``(x, mask)`` pairs, with a mask-aware residual path.
 
-    The residual is a partial 1x1 convolution plus masked norm (``conv3``/``norm3``) where MONAI has one,
-    else the input with its holes cleared; the output mask is the union of both paths'.
+    The layers of :class:`PartialUnetBasicBlock`, plus a residual: a partial 1x1 convolution and masked norm
+    (``conv3``/``norm3``) where MONAI has one, else the input with its holes cleared; the output mask is the
+    union of both paths'.
 
     Args: those of ``monai.networks.blocks.dynunet_block.UnetResBlock``.
 
@@ -143,18 +144,7 @@ class PartialUnetResBlock(nn.Module):
         act_name: tuple | str = _LEAKY_RELU,
         dropout: tuple | str | float | None = None,
     ):
-        super().__init__()
-        self.conv1 = get_partial_conv_layer(
-            spatial_dims, in_channels, out_channels, kernel_size=kernel_size, stride=stride, dropout=dropout,
-            act=None, norm=None, conv_only=False,
-        )
-        self.conv2 = get_partial_conv_layer(
-            spatial_dims, out_channels, out_channels, kernel_size=kernel_size, stride=1, dropout=dropout,
-            act=None, norm=None, conv_only=False,
-        )
-        self.lrelu = get_act_layer(name=act_name)
-        self.norm1 = _masked_norm_layer(norm_name, spatial_dims, out_channels)
-        self.norm2 = _masked_norm_layer(norm_name, spatial_dims, out_channels)
+        super().__init__(spatial_dims, in_channels, out_channels, kernel_size, stride, norm_name, act_name, dropout)
         self.downsample = in_channels != out_channels or not np.all(np.atleast_1d(stride) == 1)
         if self.downsample:
             self.conv3 = get_partial_conv_layer(
