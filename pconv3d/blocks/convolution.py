@@ -13,7 +13,13 @@ from torch import Tensor
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS, masked_norm
 from pconv3d.masking import apply_mask
 
-__all__ = ["PartialADN", "PartialConvolution"]
+__all__ = ["PartialADN", "PartialConvolution", "ZERO_PRESERVING_ACTS"]
+
+# activations with f(0) = 0 whatever their parameters: after them a hole that held 0 still holds 0
+ZERO_PRESERVING_ACTS = (
+    nn.ReLU, nn.ReLU6, nn.PReLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
+    nn.Hardtanh, nn.Hardswish, nn.Softsign, nn.Tanhshrink, nn.Identity,
+)
 
 
 class PartialADN(nn.Module):
@@ -22,7 +28,9 @@ class PartialADN(nn.Module):
     Same arguments and submodule names (``A``, ``D``, ``N``) as ``monai.networks.blocks.ADN``; the norm is
     made mask-aware with :func:`~pconv3d.blocks.factories.masked_norm` (``"instance"`` becomes
     ``"maskedinstance"``, ...). ``forward(x, mask) -> x``: the norm's statistics use valid voxels only, and
-    the holes are cleared at the end because an activation need not map 0 to 0.
+    the holes are cleared at the end, unless the norm is there and every step after it maps 0 to 0 (dropout
+    does, and so do the usual activations, see ``ZERO_PRESERVING_ACTS``): the masked norm writes exact zeros
+    into the holes whatever they held.
 
     Example::
 
@@ -31,6 +39,7 @@ class PartialADN(nn.Module):
     """
 
     ordering: List[str]
+    clear_holes: bool
 
     def __init__(
         self,
@@ -63,6 +72,9 @@ class PartialADN(nn.Module):
             if op is not None:
                 self.add_module(item, op)
                 self.ordering.append(item)
+        # the masked norm writes exact zeros into holes whatever they held; only steps after it can undo that
+        after_norm = self.ordering[self.ordering.index("N") + 1 :] if "N" in self.ordering else None
+        self.clear_holes = after_norm is None or ("A" in after_norm and not isinstance(ops["A"], ZERO_PRESERVING_ACTS))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         for item in self.ordering:
@@ -75,7 +87,7 @@ class PartialADN(nn.Module):
                     x = self.A(x)
             elif hasattr(self, "D"):
                 x = self.D(x)
-        return apply_mask(x, mask)
+        return apply_mask(x, mask) if self.clear_holes else x
 
 
 class PartialConvolution(nn.Module):
