@@ -194,7 +194,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "dataset.json" in err and "Traceback" not in err
 
 
-def test_monai_bundle_runner_runs_the_same_config(dataset, tmp_path):
+def test_monai_bundle_runner_runs_the_same_configs(dataset, tmp_path):
     out = tmp_path / "bundle"
     args = ["--dataset_dir", str(dataset), "--output_dir", str(out), "--epochs", "1", "--val_interval", "1",
             "--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]",
@@ -203,6 +203,13 @@ def test_monai_bundle_runner_runs_the_same_config(dataset, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "last.pt").exists() and (out / "best.pt").exists()
+    pred = tmp_path / "pred"
+    args = ["--input", str(dataset / "imagesTs"), "--model_path", str(out / "best.pt"), "--output_dir", str(pred),
+            "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]", "--progress", "False"]
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml", *args],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(pred.glob("*_seg.nii.gz"))) == len(list((dataset / "imagesTs").iterdir()))
 
 
 def test_two_process_training_on_gloo(dataset, tmp_path):
