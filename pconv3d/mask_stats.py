@@ -9,8 +9,8 @@ epsilon. They are cached without any chance of a stale result:
 
 * ``mask=None`` (zero padding treated as missing): one entry per (spatial shape, geometry, dtype, device),
   LRU-bounded.
-* an explicit mask: keyed by the mask *object* (checked with a weak reference, so a new tensor at a freed
-  address never hits) and its version counter (any in-place edit through torch invalidates the entry).
+* an explicit mask: a :class:`~pconv3d.tensor_cache.PerTensorCache`, keyed by the mask *object* and its
+  version counter, so a new tensor at a freed address never hits and an in-place edit invalidates.
   Several layers of one geometry that receive the same mask compute its statistics once.
 
 Each entry also records the version counters of the tensors it hands out, so a caller that edits a
@@ -22,7 +22,6 @@ statistics itself.
 
 from __future__ import annotations
 
-import weakref
 from contextlib import nullcontext
 from collections import OrderedDict
 from typing import List, NamedTuple, Optional
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pconv3d.masking import apply_mask
+from pconv3d.tensor_cache import PerTensorCache
 
 __all__ = [
     "MaskStats",
@@ -142,7 +142,7 @@ def compute_stats(
 # caches (eager mode only)
 
 _none_cache: OrderedDict[tuple, tuple[MaskStats, int, int]] = OrderedDict()
-_mask_cache: dict[int, tuple[weakref.ref, int, dict[tuple, tuple[MaskStats, int, int]]]] = {}
+_mask_cache = PerTensorCache(_MASK_CACHE_SIZE)
 
 
 def clear_cache() -> None:
@@ -162,10 +162,6 @@ def _stamp(stats: MaskStats) -> tuple[MaskStats, int, int]:
     return stats, stats.ratio._version, stats.valid._version
 
 
-def _forget(key: int) -> None:
-    _mask_cache.pop(key, None)
-
-
 def cached_stats(
     mask: Tensor | None,
     spatial: list[int],
@@ -181,7 +177,7 @@ def cached_stats(
 ) -> MaskStats:
     """:func:`compute_stats` through the caches, with autocast off; computes directly where caching is unsafe."""
     args = (spatial, kernel_size, stride, padding, dilation, pre_pad, pad_mode, groups, dtype, device)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or (mask is not None and mask.is_inference()):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return compute_stats(mask, *args)
     key = tuple(tuple(a) if isinstance(a, list) else a for a in args)
     # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
@@ -197,18 +193,7 @@ def cached_stats(
             else:
                 _none_cache.move_to_end(key)
             return stats
-        slot = _mask_cache.get(id(mask))
-        if slot is None or slot[0]() is not mask or slot[1] != mask._version:
-            if len(_mask_cache) >= _MASK_CACHE_SIZE:
-                _mask_cache.pop(next(iter(_mask_cache)))
-            oid = id(mask)
-            slot = (weakref.ref(mask, lambda _r, oid=oid: _forget(oid)), mask._version, {})
-            _mask_cache[oid] = slot
-        stats = _fresh(slot[2].get(key))
-        if stats is None:
-            stats = compute_stats(mask, *args)
-            slot[2][key] = _stamp(stats)
-        return stats
+        return _mask_cache.get(mask, key, lambda: compute_stats(mask, *args))
 
 
 # ---------------------------------------------------------------------------------------------------

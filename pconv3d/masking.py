@@ -14,14 +14,34 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from pconv3d.tensor_cache import PerTensorCache
+
 __all__ = ["apply_mask"]
 
 _INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-def _keep_bits(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``."""
-    return (mask != 0).to(_INT_VIEW[dtype]).neg_()
+_bits_cache = PerTensorCache()
+
+
+def _keep_bits(mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``; and
+    whether ``mask`` is binary (then ``x * mask`` is just ``x`` on valid voxels: one pass saved). Cached per
+    mask tensor: the layers of a block all clear holes with the mask the previous layer returned. Floating
+    masks with several channels are not checked (the check would cost more than it saves)."""
+
+    def compute() -> tuple[Tensor, Tensor]:
+        with torch.inference_mode(False), torch.no_grad():
+            bits = (mask != 0).to(_INT_VIEW[dtype]).neg_()
+            if not mask.is_floating_point():
+                binary = torch.ones((), dtype=torch.bool)
+            elif mask.dim() > 1 and mask.shape[1] > 1:
+                binary = torch.zeros((), dtype=torch.bool)
+            else:
+                binary = ((mask == 0) | (mask == 1)).all()
+        return bits, binary
+
+    return _bits_cache.get(mask, dtype, compute)
 
 
 def _and_bits(x: Tensor, bits: Tensor) -> Tensor:
@@ -30,22 +50,19 @@ def _and_bits(x: Tensor, bits: Tensor) -> Tensor:
 
 class _ApplyMask(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, mask: Tensor, soft: bool) -> Tensor:
-        bits = _keep_bits(mask, x.dtype)
-        ctx.save_for_backward(mask if soft else bits)
-        ctx.soft = soft
-        if not soft:
+    def forward(ctx, x: Tensor, weights: Optional[Tensor], bits: Tensor) -> Tensor:
+        # weights: a soft mask to multiply by, or None for a binary mask (selection only)
+        ctx.save_for_backward(weights, bits)
+        if weights is None:
             return _and_bits(x, bits)
-        y = x * mask
+        y = x * weights
         y.view(bits.dtype).bitwise_and_(bits)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (saved,) = ctx.saved_tensors
-        if ctx.soft:
-            return _ApplyMask.apply(grad, saved, True), None, None
-        return _and_bits(grad, saved), None, None
+        weights, bits = ctx.saved_tensors
+        return _ApplyMask.apply(grad, weights, bits), None, None
 
 
 def _where_mask(x: Tensor, mask: Tensor) -> Tensor:
@@ -58,8 +75,8 @@ def _where_mask(x: Tensor, mask: Tensor) -> Tensor:
 def _apply_mask_eager(x: Tensor, mask: Tensor) -> Tensor:
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or x.dtype not in _INT_VIEW:
         return _where_mask(x, mask)
-    soft = mask.is_floating_point()
-    return _ApplyMask.apply(x, mask.to(x.dtype) if soft else mask, soft)
+    bits, binary = _keep_bits(mask, x.dtype)
+    return _ApplyMask.apply(x, None if bool(binary) else mask.to(x.dtype), bits)
 
 
 def apply_mask(x: Tensor, mask: Optional[Tensor]) -> Tensor:

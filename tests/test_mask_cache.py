@@ -122,3 +122,18 @@ def test_meta_device_change_is_a_new_entry():
     meta = PartialConv3d(2, 2, 3, padding=1, return_mask=True, device="meta")
     out, mask = meta(torch.randn(1, 2, 8, 8, 8, device="meta"))
     assert out.device.type == "meta" and mask.device.type == "meta"
+
+
+def test_hole_bits_follow_in_place_edits_and_soft_values():
+    from pconv3d.masking import apply_mask
+
+    x = torch.full((1, 2, 4, 4), float("nan"))
+    x[..., :2] = 3.0
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2] = 1.0
+    assert torch.equal(apply_mask(x, m)[..., :2], x[..., :2]) and (apply_mask(x, m)[..., 2:] == 0).all()
+    m[..., :2] = 0.5  # binary -> soft, in place
+    assert torch.equal(apply_mask(x, m)[..., :2], torch.full((1, 2, 4, 2), 1.5))
+    m[..., 0] = 0.0  # a new hole, in place
+    out = apply_mask(x, m)
+    assert (out[..., 0] == 0).all() and (out[..., 1] == 1.5).all()

@@ -1,0 +1,52 @@
+"""Values derived from a tensor, reused while that very tensor lives and is not edited.
+
+Keyed by the tensor *object* (a weak reference, so a new tensor at a freed address never hits) and its
+version counter (any in-place edit through torch invalidates). The cached tensors' own version counters
+are recorded too, so a caller that edits a value it was handed invalidates it. Edits that bypass torch
+(``tensor.numpy()``, ``.data``) cannot be seen: :meth:`PerTensorCache.clear` is for those.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+from torch import Tensor
+
+__all__ = ["PerTensorCache"]
+
+V = TypeVar("V", bound=tuple)  # a tuple (or NamedTuple) of tensors
+
+
+class PerTensorCache:
+    """``get(tensor, key, compute)``: ``compute()`` once per (tensor object, its version, key).
+
+    Args:
+        max_tensors: tensors remembered at once (the oldest is forgotten first).
+    """
+
+    def __init__(self, max_tensors: int = 32) -> None:
+        self.max_tensors = max_tensors
+        self._slots: dict[int, tuple[weakref.ref, int, dict[Hashable, tuple[tuple, tuple[int, ...]]]]] = {}
+
+    def clear(self) -> None:
+        self._slots.clear()
+
+    def get(self, tensor: Tensor, key: Hashable, compute: Callable[[], V]) -> V:
+        if tensor.is_inference():  # no version counter: nothing can be trusted later
+            return compute()
+        oid = id(tensor)
+        slot = self._slots.get(oid)
+        if slot is None or slot[0]() is not tensor or slot[1] != tensor._version:
+            if len(self._slots) >= self.max_tensors:
+                self._slots.pop(next(iter(self._slots)))
+            slots = self._slots
+            slot = (weakref.ref(tensor, lambda _r: slots.pop(oid, None)), tensor._version, {})
+            self._slots[oid] = slot
+        entry = slot[2].get(key)
+        if entry is not None and tuple(t._version for t in entry[0]) == entry[1]:
+            return entry[0]
+        value = compute()
+        slot[2][key] = (value, tuple(t._version for t in value))
+        return value
