@@ -21,27 +21,30 @@ __all__ = ["apply_mask"]
 _INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-_bits_cache = PerTensorCache()
+_binary_cache = PerTensorCache()
 
 
-def _keep_bits(mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``; and
-    whether ``mask`` is binary (then ``x * mask`` is just ``x`` on valid voxels: one pass saved). Cached per
-    mask tensor: the layers of a block all clear holes with the mask the previous layer returned. Floating
-    masks with several channels are not checked (the check would cost more than it saves)."""
+def _keep_bits(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``."""
+    return (mask != 0).to(_INT_VIEW[dtype]).neg_()
 
-    def compute() -> tuple[Tensor, Tensor]:
+
+def _is_binary(mask: Tensor) -> bool:
+    """Whether ``mask`` only holds 0 and 1 (then ``x * mask`` is ``x`` on valid voxels: a pass saved).
+
+    Cached per mask tensor, as the layers of a block all clear holes with the mask the previous layer
+    returned. Floating masks with several channels are not checked: the check would cost what it saves.
+    """
+    if not mask.is_floating_point():
+        return True
+    if mask.dim() > 1 and mask.shape[1] > 1:
+        return False
+
+    def compute() -> tuple[Tensor]:
         with torch.inference_mode(False), torch.no_grad():
-            bits = (mask != 0).to(_INT_VIEW[dtype]).neg_()
-            if not mask.is_floating_point():
-                binary = torch.ones((), dtype=torch.bool)
-            elif mask.dim() > 1 and mask.shape[1] > 1:
-                binary = torch.zeros((), dtype=torch.bool)
-            else:
-                binary = ((mask == 0) | (mask == 1)).all()
-        return bits, binary
+            return (((mask == 0) | (mask == 1)).all(),)
 
-    return _bits_cache.get(mask, dtype, compute)
+    return bool(_binary_cache.get(mask, "binary", compute)[0])
 
 
 def _and_bits(x: Tensor, bits: Tensor) -> Tensor:
@@ -50,19 +53,22 @@ def _and_bits(x: Tensor, bits: Tensor) -> Tensor:
 
 class _ApplyMask(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weights: Optional[Tensor], bits: Tensor) -> Tensor:
-        # weights: a soft mask to multiply by, or None for a binary mask (selection only)
-        ctx.save_for_backward(weights, bits)
-        if weights is None:
+    def forward(ctx, x: Tensor, mask: Tensor, soft: bool) -> Tensor:
+        # soft: multiply by the mask's weights; otherwise a binary mask only selects
+        bits = _keep_bits(mask, x.dtype)
+        # the mask is saved rather than its bits: the graph shares it with the layers that made it
+        ctx.save_for_backward(mask)
+        ctx.soft = soft
+        if not soft:
             return _and_bits(x, bits)
-        y = x * weights
+        y = x * mask
         y.view(bits.dtype).bitwise_and_(bits)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        weights, bits = ctx.saved_tensors
-        return _ApplyMask.apply(grad, weights, bits), None, None
+        (mask,) = ctx.saved_tensors
+        return _ApplyMask.apply(grad, mask, ctx.soft), None, None
 
 
 def _where_mask(x: Tensor, mask: Tensor) -> Tensor:
@@ -75,8 +81,8 @@ def _where_mask(x: Tensor, mask: Tensor) -> Tensor:
 def _apply_mask_eager(x: Tensor, mask: Tensor) -> Tensor:
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or x.dtype not in _INT_VIEW:
         return _where_mask(x, mask)
-    bits, binary = _keep_bits(mask, x.dtype)
-    return _ApplyMask.apply(x, None if bool(binary) else mask.to(x.dtype), bits)
+    binary = _is_binary(mask)
+    return _ApplyMask.apply(x, mask if binary else mask.to(x.dtype), not binary)
 
 
 def apply_mask(x: Tensor, mask: Optional[Tensor]) -> Tensor:
