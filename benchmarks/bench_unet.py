@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 

@@ -43,7 +43,6 @@ def partial_conv_oracle(x, weight, bias, mask, *, stride, padding, dilation, gro
     x = x.double()
     n, c_in = x.shape[:2]
     spatial = x.shape[2:]
-    nd = len(spatial)
     ks = tuple(weight.shape[2:])
     m = torch.ones(1, 1, *spatial, dtype=torch.float64) if mask is None else mask.double()
     m = m.expand(n, m.shape[1], *spatial)
