@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pconv3d.masking import apply_mask
-from pconv3d.tensor_cache import PerTensorCache
+from pconv3d.tensor_cache import PerTensorCache, clear_all
 
 __all__ = [
     "MaskStats",
@@ -146,9 +146,9 @@ _mask_cache = PerTensorCache(_MASK_CACHE_SIZE)
 
 
 def clear_cache() -> None:
-    """Forget every cached statistic (needed only after editing a mask behind torch's back)."""
+    """Forget every cached statistic and mask property (needed only after editing a mask behind torch's back)."""
     _none_cache.clear()
-    _mask_cache.clear()
+    clear_all()
 
 
 def _fresh(entry: tuple[MaskStats, int, int] | None) -> MaskStats | None:

@@ -3,7 +3,7 @@
 Keyed by the tensor *object* (a weak reference, so a new tensor at a freed address never hits) and its
 version counter (any in-place edit through torch invalidates). The cached tensors' own version counters
 are recorded too, so a caller that edits a value it was handed invalidates it. Edits that bypass torch
-(``tensor.numpy()``, ``.data``) cannot be seen: :meth:`PerTensorCache.clear` is for those.
+(``tensor.numpy()``, ``.data``) cannot be seen: :func:`clear_all` is for those.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from torch import Tensor
 
-__all__ = ["PerTensorCache"]
+__all__ = ["PerTensorCache", "clear_all"]
 
 V = TypeVar("V", bound=tuple)  # a tuple (or NamedTuple) of tensors
 
@@ -29,6 +29,7 @@ class PerTensorCache:
     def __init__(self, max_tensors: int = 32) -> None:
         self.max_tensors = max_tensors
         self._slots: dict[int, tuple[weakref.ref, int, dict[Hashable, tuple[tuple, tuple[int, ...]]]]] = {}
+        _ALL.add(self)
 
     def clear(self) -> None:
         self._slots.clear()
@@ -50,3 +51,12 @@ class PerTensorCache:
         value = compute()
         slot[2][key] = (value, tuple(t._version for t in value))
         return value
+
+
+_ALL: weakref.WeakSet[PerTensorCache] = weakref.WeakSet()
+
+
+def clear_all() -> None:
+    """Empty every :class:`PerTensorCache` (after editing a tensor behind torch's version counter)."""
+    for cache in list(_ALL):
+        cache.clear()

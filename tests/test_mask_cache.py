@@ -137,3 +137,14 @@ def test_hole_bits_follow_in_place_edits_and_soft_values():
     m[..., 0] = 0.0  # a new hole, in place
     out = apply_mask(x, m)
     assert (out[..., 0] == 0).all() and (out[..., 1] == 1.5).all()
+
+
+def test_clear_cache_after_an_edit_behind_torchs_back():
+    from pconv3d.masking import apply_mask
+
+    x = torch.ones(1, 1, 4, 4)
+    m = torch.ones(1, 1, 4, 4)
+    assert torch.equal(apply_mask(x, m), x)
+    m.numpy()[...] = 0.5  # invisible to the version counter
+    ms.clear_cache()
+    assert torch.equal(apply_mask(x, m), torch.full_like(x, 0.5))
