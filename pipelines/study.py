@@ -7,7 +7,8 @@ Three methods trained with the same config, budget and seed on the default datas
 * ``UNet, interpolated``: the same ``UNet`` with missing slices linearly interpolated from their neighbours.
 
 Each is evaluated on the test cases with 0, 25, 50 and 75 % of the slices removed along the last axis,
-``random`` and ``regular`` (every k-th) patterns, drawn identically for every method. Writes
+``random``, ``regular`` (every k-th) and ``block`` (one contiguous slab) patterns, drawn identically for
+every method. Writes
 ``results.csv``, ``results.md`` and ``dice_vs_missing.png`` to the output folder.
 """
 
@@ -34,7 +35,7 @@ from pipelines.config import config_path
 from pipelines.handlers import load_checkpoint
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
-PATTERNS = ("random", "regular")
+PATTERNS = ("random", "regular", "block")
 SLICE_AXIS = 2
 METHODS: dict[str, dict[str, Any]] = {
     "PartialUNet + mask": {"slug": "partial_unet", "mask": True, "interpolate": None},
