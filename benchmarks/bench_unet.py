@@ -13,14 +13,18 @@ inference is a ``no_grad`` forward in eval mode. Times are medians.
 The baseline network is ``PartialUNet`` built while the ``"partialconv"`` entry of MONAI's ``Conv``
 factory points at :class:`benchmarks.reference_baseline.ReferencePartialConv3d` (every partial
 convolution is the baseline; the transposed ones, which the baseline has no counterpart for, stay
-pconv3d's). Peak memory is the growth of the resident set over one call (Linux ``VmHWM``, reset before
-the call through ``/proc/self/clear_refs``, with glibc returning large blocks at once so that freed
-tensors leave the resident set).
+pconv3d's). Times are taken with the allocator as it is. Peak memory is measured in a child process: the
+growth of the resident set over one call (Linux ``VmHWM``, reset before the call through
+``/proc/self/clear_refs``), with glibc set to return large blocks at once so that freed tensors leave the
+resident set (a setting that would slow every allocation down, hence not in the timed process).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import ctypes
 import gc
 from collections.abc import Callable, Iterator
@@ -148,19 +152,30 @@ def main() -> None:
     p.add_argument("--num-res-units", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the child process below
     args = p.parse_args()
     if args.quick:
         args.size, args.batch, args.channels, args.reps = 16, 1, [4, 8], 1
-    _libc.mallopt(_M_MMAP_THRESHOLD, 1 << 16)  # large blocks mmapped and returned on free: RSS follows live memory
-
     nets = build(args)
     x = torch.randn(args.batch, 1, args.size, args.size, args.size)
     label = torch.randint(0, 2, (args.batch, args.size, args.size, args.size))
     masks = [make_mask(args.batch, args.size, s) for s in range(3)]
     train, infer = step_fns(nets, x, label)
+    if args.memory_only:
+        # every large block mmapped and returned on free, so the resident set follows live memory; this makes
+        # every allocation page-fault, which is why the times are taken in the parent process without it
+        _libc.mallopt(_M_MMAP_THRESHOLD, 1 << 16)
+        for fn in (*train.values(), *infer.values()):
+            fn(masks[0].clone())  # warm-up
+        m_train = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in train.items()}
+        m_infer = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in infer.items()}
+        print(json.dumps({"train": m_train, "infer": m_infer}))
+        return
     t_train, t_infer = time_calls(train, masks, args.reps), time_calls(infer, masks, args.reps)
-    m_train = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in train.items()}
-    m_infer = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in infer.items()}
+    child = subprocess.run([sys.executable, "-m", "benchmarks.bench_unet", "--memory-only", *sys.argv[1:]],
+                           capture_output=True, text=True, check=True)
+    memory = json.loads(child.stdout.strip().splitlines()[-1])
+    m_train, m_infer = memory["train"], memory["infer"]
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, 1 channel, {args.size}³, "
