@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pconv3d.masking import apply_mask
-from pconv3d.tensor_cache import PerTensorCache, clear_all
+from pconv3d.tensor_cache import PerTensorCache, Stamped, clear_all, stamp, unstamp
 
 __all__ = [
     "MaskStats",
@@ -141,7 +141,7 @@ def compute_stats(
 # ---------------------------------------------------------------------------------------------------
 # caches (eager mode only)
 
-_none_cache: OrderedDict[tuple, tuple[MaskStats, int, int]] = OrderedDict()
+_none_cache: OrderedDict[tuple, Stamped] = OrderedDict()
 _mask_cache = PerTensorCache(_MASK_CACHE_SIZE)
 
 
@@ -149,17 +149,6 @@ def clear_cache() -> None:
     """Forget every cached statistic and mask property (needed only after editing a mask behind torch's back)."""
     _none_cache.clear()
     clear_all()
-
-
-def _fresh(entry: tuple[MaskStats, int, int] | None) -> MaskStats | None:
-    if entry is None:
-        return None
-    stats, rv, vv = entry
-    return stats if stats.ratio._version == rv and stats.valid._version == vv else None
-
-
-def _stamp(stats: MaskStats) -> tuple[MaskStats, int, int]:
-    return stats, stats.ratio._version, stats.valid._version
 
 
 def cached_stats(
@@ -184,10 +173,10 @@ def cached_stats(
     no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
     with torch.inference_mode(False), torch.no_grad(), no_autocast:
         if mask is None:
-            stats = _fresh(_none_cache.get(key))
+            stats = unstamp(_none_cache.get(key))
             if stats is None:
                 stats = compute_stats(None, *args)
-                _none_cache[key] = _stamp(stats)
+                _none_cache[key] = stamp(stats)
                 if len(_none_cache) > _NONE_CACHE_SIZE:
                     _none_cache.popitem(last=False)
             else:

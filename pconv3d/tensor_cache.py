@@ -14,9 +14,22 @@ from typing import TypeVar
 
 from torch import Tensor
 
-__all__ = ["PerTensorCache", "clear_all"]
+__all__ = ["PerTensorCache", "clear_all", "stamp", "unstamp"]
 
 V = TypeVar("V", bound=tuple)  # a tuple (or NamedTuple) of tensors
+Stamped = tuple  # (value, the version counters of its tensors when it was stored)
+
+
+def stamp(value: V) -> Stamped:
+    """``value`` with the version counters of its tensors, to be stored in a cache."""
+    return value, tuple(t._version for t in value)
+
+
+def unstamp(entry: Stamped | None) -> V | None:
+    """The stored value, or ``None`` if there is none or one of its tensors was edited since."""
+    if entry is None or tuple(t._version for t in entry[0]) != entry[1]:
+        return None
+    return entry[0]
 
 
 class PerTensorCache:
@@ -28,7 +41,7 @@ class PerTensorCache:
 
     def __init__(self, max_tensors: int = 32) -> None:
         self.max_tensors = max_tensors
-        self._slots: dict[int, tuple[weakref.ref, int, dict[Hashable, tuple[tuple, tuple[int, ...]]]]] = {}
+        self._slots: dict[int, tuple[weakref.ref, int, dict[Hashable, Stamped]]] = {}
         _ALL.add(self)
 
     def clear(self) -> None:
@@ -45,11 +58,10 @@ class PerTensorCache:
             slots = self._slots
             slot = (weakref.ref(tensor, lambda _r: slots.pop(oid, None)), tensor._version, {})
             self._slots[oid] = slot
-        entry = slot[2].get(key)
-        if entry is not None and tuple(t._version for t in entry[0]) == entry[1]:
-            return entry[0]
-        value = compute()
-        slot[2][key] = (value, tuple(t._version for t in value))
+        value = unstamp(slot[2].get(key))
+        if value is None:
+            value = compute()
+            slot[2][key] = stamp(value)
         return value
 
 
