@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from monai.bundle import ConfigParser
 from monai.data import partition_dataset
 
 from pconv3d.io.datalist import load_folder, validate_case
@@ -88,6 +89,14 @@ def load_network(network: torch.nn.Module, path: str) -> torch.nn.Module:
                          f"as configured: {details}")
     network.load_state_dict(state)
     return network.eval()
+
+
+def network_from_checkpoint(path: str | Path) -> torch.nn.Module:
+    """The network a checkpoint records (its ``network_def``), with the checkpoint's weights, in eval mode."""
+    network_def = load_checkpoint(path).get("network_def")
+    if not network_def:
+        raise ValueError(f"{path} records no network_def; build the network from a config and use load_network")
+    return load_network(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), str(path))
 
 
 def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from pconv3d.io.sitk import atomic_write
 from pconv3d.transforms.recipes import infer_transforms
 from pipelines.bundle import run_workflow
 from pipelines.config import config_path
-from pipelines.handlers import load_checkpoint
+from pipelines.infer import network_from_checkpoint
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 PATTERNS = ("random", "regular", "block")
@@ -52,14 +52,6 @@ def _overrides(method: dict[str, Any]) -> dict[str, Any]:
     return {"network_def": {**network, "_target_": "monai.networks.nets.UNet"},
             "prepare_batch": {"_target_": "monai.engines.PrepareBatchDefault"},
             "interpolate_slices": method["interpolate"]}
-
-
-def _load_network(path: Path) -> torch.nn.Module:
-    ckpt = load_checkpoint(path)
-    parser = ConfigParser({"network_def": ckpt["network_def"]})
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(ckpt["network"])
-    return network.eval()
 
 
 @torch.no_grad()
@@ -97,7 +89,7 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seed: int
             run_workflow(["train.yaml"], {"dataset_dir": str(data), "output_dir": str(run_dir), "epochs": epochs,
                                           "seed": seed, "progress": False, **_overrides(method)}, [])
         print(f"{name}: trained in {time.perf_counter() - t:.0f} s", flush=True)
-        network = _load_network(run_dir / "best.pt")
+        network = network_from_checkpoint(run_dir / "best.pt")
         for pattern in PATTERNS:
             for fraction in FRACTIONS:
                 dice = evaluate_method(network, method, cases, fraction, pattern, len(classes), train_cfg["patch_size"])
