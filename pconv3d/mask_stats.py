@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pconv3d.masking import apply_mask
+from pconv3d.masking import apply_mask, mark_binary
 from pconv3d.tensor_cache import PerTensorCache, Stamped, clear_all, stamp, unstamp
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "transposed_window_sum",
     "compute_transposed_stats",
     "masked_moments",
+    "renormalize",
 ]
 
 _NONE_CACHE_SIZE = 64
@@ -135,7 +136,7 @@ def compute_stats(
     s = window_sum(m, kernel_size, stride, padding, dilation, pre_pad, pad_mode)
     valid = s > 0
     ratio = torch.where(valid, winsize / s, torch.zeros((), dtype=dtype, device=s.device))
-    return MaskStats(ratio, valid.to(dtype))
+    return MaskStats(ratio, mark_binary(valid.to(dtype)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,6 +144,28 @@ def compute_stats(
 
 _none_cache: OrderedDict[tuple, Stamped] = OrderedDict()
 _mask_cache = PerTensorCache(_MASK_CACHE_SIZE)
+_ones_cache = PerTensorCache(_MASK_CACHE_SIZE)
+
+
+def _all_ones(mask: Tensor) -> bool:
+    """Whether every element of ``mask`` is fully valid (1, or nonzero for bool/integer masks).
+
+    Asked on the CPU only (elsewhere the answer would wait for the device). Cached per tensor; a view of
+    a tensor known to be all ones is all ones too, which covers the masks a layer hands on (views of its
+    ``valid``): deep in a network most masks are all ones, and their statistics are those of ``mask=None``.
+    """
+    if mask.device.type != "cpu":
+        return False
+    base = mask if mask._base is None else mask._base
+    known = _ones_cache.peek(base, "ones")
+    if known is not None and bool(known[0]):
+        return True
+
+    def compute() -> tuple[Tensor]:
+        with torch.inference_mode(False), torch.no_grad():
+            return ((mask == 1).all() if mask.is_floating_point() else mask.all(),)
+
+    return bool(_ones_cache.get(mask, "ones", compute)[0])
 
 
 def clear_cache() -> None:
@@ -172,6 +195,8 @@ def cached_stats(
     # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
     no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
     with torch.inference_mode(False), torch.no_grad(), no_autocast:
+        if mask is not None and groups == 1 and _all_ones(mask):
+            mask = None  # the same statistics, shared by every all-valid mask of this geometry
         if mask is None:
             stats = unstamp(_none_cache.get(key))
             if stats is None:
@@ -183,6 +208,59 @@ def cached_stats(
                 _none_cache.move_to_end(key)
             return stats
         return _mask_cache.get(mask, key, lambda: compute_stats(mask, *args))
+
+
+# ---------------------------------------------------------------------------------------------------
+# applying the statistics to a convolution's output
+
+
+
+
+class _Renormalize(torch.autograd.Function):
+    """``out * ratio + valid * bias`` written over ``out`` in one pass where every window is valid (``ratio``
+    is 0 where ``valid`` is, so only the bias needs ``valid``), with a second pass otherwise."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor, all_valid: bool) -> Tensor:
+        torch.addcmul(bias.view([1, -1] + [1] * (out.dim() - 2)), out, ratio, out=out)
+        if not all_valid:
+            out.mul_(valid)
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(ratio, valid)
+        ctx.all_valid = all_valid
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ratio, valid = ctx.saved_tensors
+        grad_bias = None
+        if ctx.needs_input_grad[3]:
+            dims = [0] + list(range(2, grad.dim()))
+            grad_bias = (grad if ctx.all_valid else grad * valid).sum(dims)
+        return grad * ratio, None, None, grad_bias, None
+
+
+def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor]) -> Tensor:
+    """``out * ratio + valid * bias``, in place: a partial convolution's output from its bias-free
+    convolution ``out`` (which the caller owns and autograd does not need).
+
+    Args:
+        out: (N, C_out, *out) convolution of the masked input, without bias.
+        stats: the layer's :class:`MaskStats`, broadcastable to ``out``.
+        bias: (C_out,) or ``None``.
+    """
+    ratio, valid = stats
+    if bias is None:
+        return out.mul_(ratio)
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # the eager arithmetic, out of place (graph compilers fuse it)
+        return torch.addcmul(bias.view([1, -1] + [1] * (out.dim() - 2)), out, ratio) * valid
+    return _renormalize_eager(out, ratio, valid, bias)
+
+
+@torch.jit.unused
+def _renormalize_eager(out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor) -> Tensor:
+    return _Renormalize.apply(out, ratio, valid, bias, _all_ones(valid))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,7 +334,7 @@ def compute_transposed_stats(
         s = transposed_window_sum(mask.detach().to(dtype), kernel_size, stride, padding, output_padding, dilation)
     valid = s > 0
     ratio = torch.where(valid, full / s, torch.zeros((), dtype=dtype, device=s.device))
-    return MaskStats(ratio, valid.to(dtype))
+    return MaskStats(ratio, mark_binary(valid.to(dtype)))
 
 
 class MaskedMoments(NamedTuple):

@@ -5,6 +5,12 @@ on CPU, so eager mode clears holes with a bitwise AND on the float bits: valid v
 bits, holes become +0.0, at the cost of one multiply. Under scripting, tracing, export and compilation
 the same result is expressed with ``torch.where``, which those graph compilers handle (and fuse).
 The mask is treated as a constant: no gradient flows into it.
+
+Inside a network most tensors already hold zeros in their holes: every partial block returns them so.
+Blocks say so with :func:`mark_clean`, and ``apply_mask`` then hands such a tensor back as it is, which
+saves a pass, a temporary and (in training) a saved copy per layer. Marks live in a
+:class:`~pconv3d.tensor_cache.PerTensorCache`: they vanish with the tensor and with any in-place edit of
+it or of its mask, and they are only taken for binary masks, whose product changes nothing on valid voxels.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from torch import Tensor
 
 from pconv3d.tensor_cache import PerTensorCache
 
-__all__ = ["apply_mask"]
+__all__ = ["apply_mask", "mark_clean", "mark_binary"]
 
 _INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
 _binary_cache = PerTensorCache()
+_clean_cache = PerTensorCache(64)
 
 
 def _keep_bits(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -33,18 +40,70 @@ def _is_binary(mask: Tensor) -> bool:
     """Whether ``mask`` only holds 0 and 1 (then ``x * mask`` is ``x`` on valid voxels: a pass saved).
 
     Cached per mask tensor, as the layers of a block all clear holes with the mask the previous layer
-    returned. Floating masks with several channels are not checked: the check would cost what it saves.
+    returned; a view of a mask known to be binary is binary too. Floating masks with several channels
+    are not checked: the check would cost what it saves.
     """
     if not mask.is_floating_point():
+        return True
+    base = mask if mask._base is None else mask._base
+    known = _binary_cache.peek(base, "binary")
+    if known is not None and bool(known[0]):
         return True
     if mask.dim() > 1 and mask.shape[1] > 1:
         return False
 
     def compute() -> tuple[Tensor]:
+        # a normal tensor even in inference mode: the cache records its version counter
         with torch.inference_mode(False), torch.no_grad():
             return (((mask == 0) | (mask == 1)).all(),)
 
     return bool(_binary_cache.get(mask, "binary", compute)[0])
+
+
+_TRUE = torch.ones((), dtype=torch.bool)
+
+
+@torch.jit.unused
+def _mark_binary_eager(mask: Tensor) -> None:
+    if not (torch.compiler.is_compiling() or torch.jit.is_tracing() or mask.is_inference()):
+        _binary_cache.put(mask, "binary", (_TRUE,))
+
+
+def mark_binary(mask: Tensor) -> Tensor:
+    """Record that ``mask`` (and every view of it) holds only 0 and 1, as masks made by thresholding do,
+    so that :func:`apply_mask` need not check it; returns ``mask``."""
+    if not torch.jit.is_scripting():
+        _mark_binary_eager(mask)
+    return mask
+
+
+@torch.jit.unused
+def _mark_clean_eager(x: Tensor, mask: Tensor) -> None:
+    if not (torch.compiler.is_compiling() or torch.jit.is_tracing() or x.is_inference() or mask.is_inference()):
+        _clean_cache.put(x, "clean", (mask,))
+
+
+def mark_clean(x: Tensor, mask: Tensor) -> Tensor:
+    """Record that ``x`` is exactly 0 wherever ``mask`` is 0, so that ``apply_mask(x, mask)`` with this very
+    mask tensor returns ``x`` itself while neither is edited; returns ``x``.
+
+    Only a promise about the zeros: where ``mask`` holds weights other than 0 and 1, ``apply_mask`` still
+    multiplies by them. Marks are skipped while scripting, tracing or compiling (the graph masks, and fuses).
+
+    Example::
+
+        >>> y = mark_clean(apply_mask(x, m) * 2, m)   # doubling keeps the zeros
+        >>> apply_mask(y, m) is y
+        True
+    """
+    if not torch.jit.is_scripting():
+        _mark_clean_eager(x, mask)
+    return x
+
+
+def _is_clean(x: Tensor, mask: Tensor) -> bool:
+    entry = _clean_cache.peek(x, "clean")
+    return entry is not None and entry[0] is mask and _is_binary(mask)
 
 
 def _and_bits(x: Tensor, bits: Tensor) -> Tensor:
@@ -80,9 +139,13 @@ def _where_mask(x: Tensor, mask: Tensor) -> Tensor:
 @torch.jit.unused
 def _apply_mask_eager(x: Tensor, mask: Tensor) -> Tensor:
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or x.dtype not in _INT_VIEW:
-        return _where_mask(x, mask)
+        return _where_mask(x, mask.detach())
+    if _is_clean(x, mask):
+        return x
     binary = _is_binary(mask)
-    return _ApplyMask.apply(x, mask if binary else mask.to(x.dtype), not binary)
+    const = mask.detach()
+    y = _ApplyMask.apply(x, const if binary else const.to(x.dtype), not binary)
+    return mark_clean(y, mask) if binary else y
 
 
 def apply_mask(x: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -101,7 +164,6 @@ def apply_mask(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     """
     if mask is None:
         return x
-    mask = mask.detach()
     if torch.jit.is_scripting():
-        return _where_mask(x, mask)
+        return _where_mask(x, mask.detach())
     return _apply_mask_eager(x, mask)

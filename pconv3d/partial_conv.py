@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask_stats import MaskStats, cached_stats, compute_stats, stat_dtype
+from pconv3d.mask_stats import MaskStats, cached_stats, compute_stats, renormalize, stat_dtype
 from pconv3d.masking import apply_mask
 
 __all__ = ["PartialConv1d", "PartialConv2d", "PartialConv3d"]
@@ -115,9 +115,7 @@ class _PartialConvNd:
             out = self._conv_forward(input, self.weight, self.bias)
         else:
             # in place: the conv output is ours, and the conv's backward does not need it
-            out = self._conv_forward(apply_mask(input, mask_in), self.weight, None).mul_(ratio)
-            if self.bias is not None:
-                out = out.addcmul_(valid, self.bias.view([1, -1] + [1] * len(self.kernel_size)))
+            out = renormalize(self._conv_forward(apply_mask(input, mask_in), self.weight, None), MaskStats(ratio, valid), self.bias)
         mask_channels = self.out_channels if self.multi_channel else 1
         mask_out = valid.to(input.dtype).expand([out.shape[0], mask_channels] + list(out.shape[2:]))
         if unbatched:

@@ -33,7 +33,8 @@ def unstamp(entry: Stamped | None) -> V | None:
 
 
 class PerTensorCache:
-    """``get(tensor, key, compute)``: ``compute()`` once per (tensor object, its version, key).
+    """``get(tensor, key, compute)``: ``compute()`` once per (tensor object, its version, key);
+    ``peek`` and ``put`` read and write an entry directly.
 
     Args:
         max_tensors: tensors remembered at once (the oldest is forgotten first).
@@ -48,8 +49,24 @@ class PerTensorCache:
         self._slots.clear()
 
     def get(self, tensor: Tensor, key: Hashable, compute: Callable[[], V]) -> V:
-        if tensor.is_inference():  # no version counter: nothing can be trusted later
-            return compute()
+        value = self.peek(tensor, key)
+        if value is None:
+            value = compute()
+            self.put(tensor, key, value)
+        return value
+
+    def peek(self, tensor: Tensor, key: Hashable) -> V | None:
+        """The value stored for (``tensor`` as it is now, ``key``), or ``None``."""
+        slot = self._slots.get(id(tensor))
+        if slot is None or slot[0]() is not tensor or slot[1] != tensor._version:
+            return None
+        return unstamp(slot[2].get(key))
+
+    def put(self, tensor: Tensor, key: Hashable, value: V) -> None:
+        """Store ``value`` for (``tensor`` as it is now, ``key``); nothing for inference tensors, which
+        have no version counter to tell a later edit."""
+        if tensor.is_inference():
+            return
         oid = id(tensor)
         slot = self._slots.get(oid)
         if slot is None or slot[0]() is not tensor or slot[1] != tensor._version:
@@ -58,11 +75,7 @@ class PerTensorCache:
             slots = self._slots
             slot = (weakref.ref(tensor, lambda _r: slots.pop(oid, None)), tensor._version, {})
             self._slots[oid] = slot
-        value = unstamp(slot[2].get(key))
-        if value is None:
-            value = compute()
-            slot[2][key] = stamp(value)
-        return value
+        slot[2][key] = stamp(value)
 
 
 _ALL: weakref.WeakSet[PerTensorCache] = weakref.WeakSet()

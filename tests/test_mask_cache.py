@@ -148,3 +148,37 @@ def test_clear_cache_after_an_edit_behind_torchs_back():
     m.numpy()[...] = 0.5  # invisible to the version counter
     ms.clear_cache()
     assert torch.equal(apply_mask(x, m), torch.full_like(x, 0.5))
+
+
+def test_clean_marks_skip_only_what_is_already_clean():
+    from pconv3d.masking import apply_mask, mark_clean
+
+    x = torch.full((1, 2, 4, 4), float("nan"))
+    x[..., :2] = 3.0
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2] = 1.0
+    y = apply_mask(x, m)
+    assert apply_mask(y, m) is y  # marked clean under m: nothing to do
+    assert apply_mask(y, m.clone()) is not y  # another mask tensor: masked again
+    y[..., 2] = float("nan")  # an in-place edit of y drops its mark
+    assert (apply_mask(y, m)[..., 2:] == 0).all()
+    y = apply_mask(x, m)
+    m[..., 1] = 0.0  # an in-place edit of the mask too
+    assert (apply_mask(y, m)[..., 1:] == 0).all() and (apply_mask(y, m)[..., 0] == 3.0).all()
+    soft = torch.full((1, 1, 4, 4), 0.5)
+    z = mark_clean(torch.ones(1, 2, 4, 4), soft)
+    assert torch.equal(apply_mask(z, soft), torch.full_like(z, 0.5))  # weights are still applied
+
+
+def test_all_valid_masks_share_the_unmasked_statistics(counted):
+    conv = PartialConv3d(2, 2, 3, padding=1, return_mask=True)
+    x = torch.randn(1, 2, 8, 8, 8)
+    m = torch.ones(1, 1, 8, 8, 8)
+    torch.testing.assert_close(conv(x, m)[0], conv(x)[0])
+    assert counted == [True]
+    _, returned = conv(x, m)
+    conv(x, returned[:, :1])  # a view of a mask a layer returned: known all valid, nothing computed
+    assert counted == [True]
+    m[..., 3:5, :, :] = 0  # no longer all valid: its own statistics
+    torch.testing.assert_close(conv(x, m)[0], oracle(conv, x, m), rtol=1e-4, atol=1e-5)
+    assert counted == [True, False]

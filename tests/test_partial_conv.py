@@ -125,15 +125,20 @@ def test_no_mask_matches_conv_inside_and_reference_at_border():
 @pytest.mark.parametrize(
     "kw",
     [dict(mask=(2, 1), multi=False), dict(mask=(1, 1), multi=False), dict(mask=(2, 4), multi=True, groups=2),
-     dict(mask=(2, 4), multi=True, groups=1, soft=True)],
+     dict(mask=(2, 4), multi=True, groups=1, soft=True), dict(mask=(2, 1), multi=False, ones=True),
+     dict(mask=None, multi=False)],
+    ids=["single", "broadcast", "groups", "soft", "all-valid", "none"],
 )
 def test_gradcheck(kw):
+    # the cases with every window valid take the one-pass rescaling, the others the two-pass one
     torch.manual_seed(1)
     conv = PartialConv2d(4, 4, 3, padding=1, groups=kw.get("groups", 1), multi_channel=kw["multi"]).double()
     x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
-    m = holes((*kw["mask"], 5, 6)).double()
+    m = None if kw["mask"] is None else holes((*kw["mask"], 5, 6)).double()
     if kw.get("soft"):
         m = m * torch.rand_like(m)
+    if kw.get("ones"):
+        m = torch.ones_like(m)
     w, b = conv.weight, conv.bias
 
     def f(x, w, b):

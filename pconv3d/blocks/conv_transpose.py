@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask_stats import compute_transposed_stats, stat_dtype
+from pconv3d.mask_stats import compute_transposed_stats, renormalize, stat_dtype
 from pconv3d.masking import apply_mask
 
 __all__ = ["PartialConvTranspose1d", "PartialConvTranspose2d", "PartialConvTranspose3d"]
@@ -64,17 +64,16 @@ class _PartialConvTransposeNd:
                 f"partial transposed convolution: mask_in must have shape (1 or {input.shape[0]}, 1, *{spatial}) "
                 f"for input of shape {list(input.shape)}; got mask of shape {list(mask_in.shape)}"
             )
-        ratio, valid = compute_transposed_stats(
+        stats = compute_transposed_stats(
             mask_in, spatial, list(self.kernel_size), list(self.stride), list(self.padding),
             list(self.output_padding), list(self.dilation), stat_dtype(input.dtype), input.device,
         )
         out = torch.convolution(
             apply_mask(input, mask_in), self.weight, None, list(self.stride), list(self.padding),
             list(self.dilation), True, list(self.output_padding), self.groups,
-        ).mul_(ratio)
-        bias = self.bias
-        if bias is not None:
-            out = out.addcmul_(valid, bias.view([1, -1] + [1] * len(spatial)))
+        )
+        out = renormalize(out, stats, self.bias)
+        valid = stats.valid
         mask_out = valid.to(input.dtype).expand([out.shape[0], 1] + list(out.shape[2:]))
         return out, mask_out
 

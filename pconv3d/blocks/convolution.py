@@ -11,7 +11,7 @@ from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_no
 from torch import Tensor
 
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS, masked_norm
-from pconv3d.masking import apply_mask
+from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = ["PartialADN", "PartialConvolution", "ZERO_PRESERVING_ACTS"]
 
@@ -87,7 +87,7 @@ class PartialADN(nn.Module):
                     x = self.A(x)
             elif hasattr(self, "D"):
                 x = self.D(x)
-        return apply_mask(x, mask) if self.clear_holes else x
+        return apply_mask(x, mask) if self.clear_holes else mark_clean(x, mask)
 
 
 class PartialConvolution(nn.Module):
@@ -167,6 +167,7 @@ class PartialConvolution(nn.Module):
         x, mask_out = self.conv.partial_forward(x, mask)
         if mask is None or mask.shape[1] == 1 or self.conv.groups == 1:
             mask_out = mask_out[:, :1]  # every output channel shares one mask: keep a single channel
+        x = mark_clean(x, mask_out)  # windows without a valid voxel are exactly 0
         if hasattr(self, "adn"):
             x = self.adn(x, mask_out)
         return x, mask_out

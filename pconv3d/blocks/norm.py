@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from pconv3d.mask_stats import masked_moments
-from pconv3d.masking import apply_mask
+from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = [
     "MaskedNorm",
@@ -59,7 +59,9 @@ class MaskedNorm:
         if mask is None:
             valid = torch.ones([1, 1] + list(input.shape[2:]), dtype=input.dtype, device=input.device)
         elif mask.is_floating_point():
-            valid = mask.detach().to(input.dtype)  # already 0/1: used as is, so autograd shares it with the conv
+            # already 0/1: used as is (the very tensor, so that marks on the input still apply), and
+            # autograd shares it with the conv
+            valid = (mask.detach() if mask.requires_grad else mask).to(input.dtype)
         else:
             valid = (mask != 0).to(input.dtype)
         centered, rstd = self._centered(input, valid)
@@ -68,7 +70,7 @@ class MaskedNorm:
         y = centered * scale
         if bias is not None:
             y = torch.addcmul(y, valid, _channel_view(bias, spatial))
-        return y
+        return y if mask is None else mark_clean(y, mask)
 
     def _centered(self, input: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
         """``(input - mean)`` with holes exactly 0, and ``1 / sqrt(var + eps)`` per (instance or 1, channel)."""

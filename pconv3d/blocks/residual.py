@@ -14,7 +14,7 @@ from torch import Tensor
 from pconv3d.blocks.convolution import PartialConvolution
 from pconv3d.blocks.factories import PARTIAL_CONV
 from pconv3d.blocks.skip import PartialSequential, any_channel, mask_union
-from pconv3d.masking import apply_mask
+from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = ["PartialIdentity", "PartialResidualUnit"]
 
@@ -110,4 +110,5 @@ class PartialResidualUnit(nn.Module):
         if res_mask is not None:
             res_mask = res_mask[:, :1]  # single channel already, or a non-grouped convolution's shared mask
         cx, cx_mask = self.conv(x, mask)
-        return cx + res, mask_union(cx_mask, res_mask)
+        merged = mask_union(cx_mask, res_mask)
+        return mark_clean(cx + res, merged), merged

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.masking import apply_mask
+from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = ["any_channel", "mask_union", "PartialSequential", "PartialSkipConnection"]
 
@@ -93,5 +93,5 @@ class PartialSkipConnection(nn.Module):
             return torch.mul(x, y), torch.minimum(any_channel(y_mask), x_mask)
         merged = mask_union(y_mask, mask)
         if self.mode == "cat":
-            return torch.cat([x, y], dim=self.dim), merged
-        return torch.add(x, y), merged
+            return mark_clean(torch.cat([x, y], dim=self.dim), merged), merged
+        return mark_clean(torch.add(x, y), merged), merged
