@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import List, NamedTuple, Optional
 
 import torch
@@ -37,6 +38,8 @@ __all__ = [
     "MaskStats",
     "compute_stats",
     "cached_stats",
+    "cached_transposed_stats",
+    "all_valid",
     "window_sum",
     "stat_dtype",
     "clear_cache",
@@ -147,7 +150,7 @@ _mask_cache = PerTensorCache(_MASK_CACHE_SIZE)
 _ones_cache = PerTensorCache(_MASK_CACHE_SIZE)
 
 
-def _all_ones(mask: Tensor) -> bool:
+def all_valid(mask: Tensor) -> bool:
     """Whether every element of ``mask`` is fully valid (1, or nonzero for bool/integer masks).
 
     Asked on the CPU only (elsewhere the answer would wait for the device). Cached per tensor; a view of
@@ -174,6 +177,31 @@ def clear_cache() -> None:
     clear_all()
 
 
+def _through_cache(compute: Callable[..., MaskStats], mask: Tensor | None, args: tuple, shareable: bool) -> MaskStats:
+    """``compute(mask, *args)`` through the caches, with autocast off; computes directly where caching is
+    unsafe. ``shareable``: an all-valid mask has the statistics of ``mask=None``."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return compute(mask, *args)
+    key = (compute.__name__,) + tuple(tuple(a) if isinstance(a, list) else a for a in args)
+    device = args[-1]
+    # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
+    no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
+    with torch.inference_mode(False), torch.no_grad(), no_autocast:
+        if mask is not None and shareable and all_valid(mask):
+            mask = None  # the same statistics, shared by every all-valid mask of this geometry
+        if mask is None:
+            stats = unstamp(_none_cache.get(key))
+            if stats is None:
+                stats = compute(None, *args)
+                _none_cache[key] = stamp(stats)
+                if len(_none_cache) > _NONE_CACHE_SIZE:
+                    _none_cache.popitem(last=False)
+            else:
+                _none_cache.move_to_end(key)
+            return stats
+        return _mask_cache.get(mask, key, lambda: compute(mask, *args))
+
+
 def cached_stats(
     mask: Tensor | None,
     spatial: list[int],
@@ -187,27 +215,25 @@ def cached_stats(
     dtype: torch.dtype,
     device: torch.device,
 ) -> MaskStats:
-    """:func:`compute_stats` through the caches, with autocast off; computes directly where caching is unsafe."""
+    """:func:`compute_stats` through the caches (see the module doc)."""
     args = (spatial, kernel_size, stride, padding, dilation, pre_pad, pad_mode, groups, dtype, device)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return compute_stats(mask, *args)
-    key = tuple(tuple(a) if isinstance(a, list) else a for a in args)
-    # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
-    no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
-    with torch.inference_mode(False), torch.no_grad(), no_autocast:
-        if mask is not None and groups == 1 and _all_ones(mask):
-            mask = None  # the same statistics, shared by every all-valid mask of this geometry
-        if mask is None:
-            stats = unstamp(_none_cache.get(key))
-            if stats is None:
-                stats = compute_stats(None, *args)
-                _none_cache[key] = stamp(stats)
-                if len(_none_cache) > _NONE_CACHE_SIZE:
-                    _none_cache.popitem(last=False)
-            else:
-                _none_cache.move_to_end(key)
-            return stats
-        return _mask_cache.get(mask, key, lambda: compute_stats(mask, *args))
+    return _through_cache(compute_stats, mask, args, shareable=groups == 1)
+
+
+def cached_transposed_stats(
+    mask: Tensor | None,
+    spatial: list[int],
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    output_padding: list[int],
+    dilation: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> MaskStats:
+    """:func:`compute_transposed_stats` through the caches (see the module doc)."""
+    args = (spatial, kernel_size, stride, padding, output_padding, dilation, dtype, device)
+    return _through_cache(compute_transposed_stats, mask, args, shareable=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,7 +286,7 @@ def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor]) -> Tensor
 
 @torch.jit.unused
 def _renormalize_eager(out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor) -> Tensor:
-    return _Renormalize.apply(out, ratio, valid, bias, _all_ones(valid))
+    return _Renormalize.apply(out, ratio, valid, bias, all_valid(valid))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask_stats import compute_transposed_stats, renormalize, stat_dtype
+from pconv3d.mask_stats import MaskStats, cached_transposed_stats, compute_transposed_stats, renormalize, stat_dtype
 from pconv3d.masking import apply_mask
 
 __all__ = ["PartialConvTranspose1d", "PartialConvTranspose2d", "PartialConvTranspose3d"]
@@ -53,6 +53,10 @@ class _PartialConvTransposeNd:
     def extra_repr(self) -> str:
         return super().extra_repr() + f", return_mask={self.return_mask}"
 
+    @torch.jit.unused
+    def _cached_stats(self, mask: Optional[Tensor], stats_args: tuple) -> MaskStats:
+        return cached_transposed_stats(mask, *stats_args)
+
     def partial_forward(self, input: Tensor, mask_in: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Partial transposed convolution of ``input`` under ``mask_in``; returns ``(output, updated_mask)``."""
         spatial = list(input.shape[2:])
@@ -64,10 +68,14 @@ class _PartialConvTransposeNd:
                 f"partial transposed convolution: mask_in must have shape (1 or {input.shape[0]}, 1, *{spatial}) "
                 f"for input of shape {list(input.shape)}; got mask of shape {list(mask_in.shape)}"
             )
-        stats = compute_transposed_stats(
-            mask_in, spatial, list(self.kernel_size), list(self.stride), list(self.padding),
-            list(self.output_padding), list(self.dilation), stat_dtype(input.dtype), input.device,
+        stats_args = (
+            spatial, list(self.kernel_size), list(self.stride), list(self.padding), list(self.output_padding),
+            list(self.dilation), stat_dtype(input.dtype), input.device,
         )
+        if torch.jit.is_scripting():
+            stats = compute_transposed_stats(mask_in, *stats_args)
+        else:
+            stats = self._cached_stats(mask_in, stats_args)
         out = torch.convolution(
             apply_mask(input, mask_in), self.weight, None, list(self.stride), list(self.padding),
             list(self.dilation), True, list(self.output_padding), self.groups,

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from pconv3d.mask_stats import all_valid
 from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = ["any_channel", "mask_union", "PartialSequential", "PartialSkipConnection"]
@@ -42,7 +43,24 @@ def mask_union(a: Tensor, b: Optional[Tensor]) -> Tensor:
     a = any_channel(a)
     if b is None:
         return torch.ones_like(a)
-    return torch.maximum(a, any_channel(b).to(a.dtype))
+    b = any_channel(b).to(a.dtype)
+    if not torch.jit.is_scripting():
+        known = _known_union(a, b)
+        if known is not None:
+            return known
+    return torch.maximum(a, b)
+
+
+@torch.jit.unused
+def _known_union(a: Tensor, b: Tensor) -> Optional[Tensor]:
+    """An all-valid operand is the union itself: handing it on keeps its cached statistics and marks."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    if all_valid(a):
+        return a
+    if all_valid(b):
+        return b
+    return None
 
 
 class PartialSequential(nn.Sequential):
