@@ -58,7 +58,8 @@ def test_torchscript_through_monai(net, tmp_path):
     convert_to_torchscript(net, path, verify=True, inputs=[x, m], rtol=1e-5, atol=1e-6)
     loaded = torch.jit.load(path)
     want = net(x, m)
-    torch.testing.assert_close(loaded(fill_holes(x, m, MIXED), m), want, rtol=0, atol=1e-6)
+    # eager takes the torch norms' kernels where a mask is all valid: equal up to float32 rounding
+    torch.testing.assert_close(loaded(fill_holes(x, m, MIXED), m), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loaded(x), net(x))
 
 

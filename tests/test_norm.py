@@ -103,11 +103,14 @@ def test_mask_dtypes_agree(kind):
 
 @pytest.mark.parametrize("kind", ["instance", "batch"])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_running_stats_from_valid_voxels(kind, momentum):
+@pytest.mark.parametrize("all_valid", [False, True], ids=["holes", "all-valid"])
+def test_running_stats_from_valid_voxels(kind, momentum, all_valid):
+    # all-valid masks take the torch norms' kernels: the same rules must hold
     torch.manual_seed(0)
     norm = make(kind, 3, affine=True, track_running_stats=True, momentum=momentum)
     randomize_affine(norm)
-    batches = [(torch.randn(2, 4, 5, 6, 5) * 2 + 3, holes((2, 1, 5, 6, 5), seed=s)) for s in range(2)]
+    masks = [torch.ones(2, 1, 5, 6, 5, dtype=torch.bool) if all_valid else holes((2, 1, 5, 6, 5), seed=s) for s in range(2)]
+    batches = [(torch.randn(2, 4, 5, 6, 5) * 2 + 3, m) for m in masks]
     mean_ref, var_ref = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
     for i, (x, m) in enumerate(batches):
         norm.train()(x, m)

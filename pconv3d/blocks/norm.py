@@ -7,8 +7,9 @@ Each class subclasses the matching ``torch.nn`` norm (same constructor, paramete
 
 Statistics (per instance and channel, per channel over the batch, or per instance and group) are the
 mean and biased variance of the *valid* voxels only (``mask != 0``); holes are never read, whatever they
-hold (NaN and inf too), and are exactly 0 in the output. ``mask=None`` means every voxel is valid (the
-torch norm's result). A region with no valid voxel normalizes to 0, never NaN. Running statistics, where
+hold (NaN and inf too), and are exactly 0 in the output. ``mask=None`` means every voxel is valid: then,
+and for masks without a hole, the torch norm's own kernels run (fewer passes). A region with no valid
+voxel normalizes to 0, never NaN. Running statistics, where
 tracked, are updated from valid voxels with torch's rules (unbiased variance, ``momentum``; ``momentum=None``
 is a cumulative average for instance norm too) and used in eval mode; instances without a valid voxel
 take no part in the update, and a batch without any leaves the running statistics unchanged.
@@ -18,7 +19,6 @@ must hold 0/1, as the masks partial convolutions return do (they are used as the
 keeps no second copy). Soft weights are for the first partial convolution, not for norms.
 """
 
-from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask_stats import masked_moments
+from pconv3d.mask_stats import all_valid, masked_moments
 from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = [
@@ -55,6 +55,8 @@ class MaskedNorm:
     """
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if not torch.jit.is_scripting() and self._torch_rules() and (mask is None or self._all_valid(mask)):
+            return self._torch_norm(input)
         spatial = input.dim() - 2
         if mask is None:
             valid = torch.ones([1, 1] + list(input.shape[2:]), dtype=input.dtype, device=input.device)
@@ -75,6 +77,22 @@ class MaskedNorm:
     def _centered(self, input: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
         """``(input - mean)`` with holes exactly 0, and ``1 / sqrt(var + eps)`` per (instance or 1, channel)."""
         raise NotImplementedError
+
+    @torch.jit.unused
+    def _torch_rules(self) -> bool:
+        """Whether the torch norm follows the rules here: all but torch's instance norm with ``momentum=None``,
+        which leaves its running statistics as they are (here: a cumulative average)."""
+        updates = self.training and getattr(self, "track_running_stats", False)
+        return not (updates and self.momentum is None and isinstance(self, nn.modules.instancenorm._InstanceNorm))
+
+    @torch.jit.unused
+    def _all_valid(self, mask: Tensor) -> bool:
+        return not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and all_valid(mask)
+
+    @torch.jit.unused
+    def _torch_norm(self, input: Tensor) -> Tensor:
+        # nothing is missing: the torch norm's own kernels, the same result in fewer passes
+        return super().forward(input)
 
 
 class _MaskedRunningNorm(MaskedNorm):
