@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pconv3d.masking import apply_mask, mark_binary
+from pconv3d.masking import all_valid, apply_mask, mark_binary
 from pconv3d.tensor_cache import PerTensorCache, Stamped, clear_all, stamp, unstamp
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "compute_stats",
     "cached_stats",
     "cached_transposed_stats",
-    "all_valid",
     "window_sum",
     "stat_dtype",
     "clear_cache",
@@ -139,7 +138,7 @@ def compute_stats(
     s = window_sum(m, kernel_size, stride, padding, dilation, pre_pad, pad_mode)
     valid = s > 0
     ratio = torch.where(valid, winsize / s, torch.zeros((), dtype=dtype, device=s.device))
-    return MaskStats(ratio, mark_binary(valid.to(dtype)))
+    return MaskStats(ratio, mark_binary(valid.to(dtype), valid))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,28 +146,6 @@ def compute_stats(
 
 _none_cache: OrderedDict[tuple, Stamped] = OrderedDict()
 _mask_cache = PerTensorCache(_MASK_CACHE_SIZE)
-_ones_cache = PerTensorCache(_MASK_CACHE_SIZE)
-
-
-def all_valid(mask: Tensor) -> bool:
-    """Whether every element of ``mask`` is fully valid (1, or nonzero for bool/integer masks).
-
-    Asked on the CPU only (elsewhere the answer would wait for the device). Cached per tensor; a view of
-    a tensor known to be all ones is all ones too, which covers the masks a layer hands on (views of its
-    ``valid``): deep in a network most masks are all ones, and their statistics are those of ``mask=None``.
-    """
-    if mask.device.type != "cpu":
-        return False
-    base = mask if mask._base is None else mask._base
-    known = _ones_cache.peek(base, "ones")
-    if known is not None and bool(known[0]):
-        return True
-
-    def compute() -> tuple[Tensor]:
-        with torch.inference_mode(False), torch.no_grad():
-            return ((mask == 1).all() if mask.is_floating_point() else mask.all(),)
-
-    return bool(_ones_cache.get(mask, "ones", compute)[0])
 
 
 def clear_cache() -> None:
@@ -360,7 +337,7 @@ def compute_transposed_stats(
         s = transposed_window_sum(mask.detach().to(dtype), kernel_size, stride, padding, output_padding, dilation)
     valid = s > 0
     ratio = torch.where(valid, full / s, torch.zeros((), dtype=dtype, device=s.device))
-    return MaskStats(ratio, mark_binary(valid.to(dtype)))
+    return MaskStats(ratio, mark_binary(valid.to(dtype), valid))
 
 
 class MaskedMoments(NamedTuple):

@@ -22,58 +22,92 @@ from torch import Tensor
 
 from pconv3d.tensor_cache import PerTensorCache
 
-__all__ = ["apply_mask", "mark_clean", "mark_binary"]
+__all__ = ["apply_mask", "mark_clean", "mark_binary", "all_valid"]
 
 _INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-_binary_cache = PerTensorCache()
+_facts = PerTensorCache(64)  # per mask tensor: binary? all valid?
 _clean_cache = PerTensorCache(64)
 
 
-def _keep_bits(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``."""
-    return (mask != 0).to(_INT_VIEW[dtype]).neg_()
+def _keep_bits(mask: Tensor, dtype: torch.dtype, binary: bool = False) -> Tensor:
+    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``
+    (``binary``: the mask holds only 0 and 1, so it converts directly)."""
+    return (mask if binary else mask != 0).to(_INT_VIEW[dtype], copy=True).neg_()  # never the caller's mask
+
+
+def _known(mask: Tensor, fact: str) -> bool:
+    """Whether ``fact`` is on record as true for ``mask`` or for the tensor it is a view of (a view of a
+    binary or all-valid tensor is binary or all valid too)."""
+    for t in (mask, mask._base):
+        if t is not None:
+            entry = _facts.peek(t, fact)
+            if entry is not None and bool(entry[0]):
+                return True
+    return False
+
+
+def _classify(mask: Tensor) -> tuple[bool, bool]:
+    """Whether ``mask`` is binary (only 0 and 1, or bool/integer) and whether it is all valid, from one
+    comparison pass each; recorded for as long as the tensor is not edited."""
+
+    def compute() -> tuple[Tensor, Tensor]:
+        # normal tensors even in inference mode: the cache records their version counters
+        with torch.inference_mode(False), torch.no_grad():
+            if not mask.is_floating_point():
+                return _TRUE, mask.all()
+            ones = mask == 1
+            return (ones | (mask == 0)).all(), ones.all()
+
+    binary, ones = _facts.get(mask, "classified", compute)
+    if not mask.is_inference():
+        _facts.put(mask, "binary", (binary,))
+        _facts.put(mask, "all_valid", (ones,))
+    return bool(binary), bool(ones)
 
 
 def _is_binary(mask: Tensor) -> bool:
     """Whether ``mask`` only holds 0 and 1 (then ``x * mask`` is ``x`` on valid voxels: a pass saved).
 
     Cached per mask tensor, as the layers of a block all clear holes with the mask the previous layer
-    returned; a view of a mask known to be binary is binary too. Floating masks with several channels
-    are not checked: the check would cost what it saves.
+    returned. Floating masks with several channels are not checked: the check would cost what it saves.
     """
-    if not mask.is_floating_point():
-        return True
-    base = mask if mask._base is None else mask._base
-    known = _binary_cache.peek(base, "binary")
-    if known is not None and bool(known[0]):
+    if not mask.is_floating_point() or _known(mask, "binary"):
         return True
     if mask.dim() > 1 and mask.shape[1] > 1:
         return False
+    return _classify(mask)[0]
 
-    def compute() -> tuple[Tensor]:
-        # a normal tensor even in inference mode: the cache records its version counter
-        with torch.inference_mode(False), torch.no_grad():
-            return (((mask == 0) | (mask == 1)).all(),)
 
-    return bool(_binary_cache.get(mask, "binary", compute)[0])
+def all_valid(mask: Tensor) -> bool:
+    """Whether every element of ``mask`` is fully valid (1, or nonzero for bool/integer masks).
+
+    Asked on the CPU only (elsewhere the answer would wait for the device). Cached per tensor, and known
+    for the masks layers hand on (views of their ``valid``): deep in a network most masks are all valid,
+    and then statistics, norms and unions take their shortcuts.
+    """
+    if mask.device.type != "cpu":
+        return False
+    return _known(mask, "all_valid") or _classify(mask)[1]
 
 
 _TRUE = torch.ones((), dtype=torch.bool)
 
 
 @torch.jit.unused
-def _mark_binary_eager(mask: Tensor) -> None:
+def _mark_binary_eager(mask: Tensor, valid: Tensor) -> None:
     if not (torch.compiler.is_compiling() or torch.jit.is_tracing() or mask.is_inference()):
-        _binary_cache.put(mask, "binary", (_TRUE,))
+        _facts.put(mask, "binary", (_TRUE,))
+        if mask.device.type == "cpu":
+            _facts.put(mask, "all_valid", (valid.all(),))
 
 
-def mark_binary(mask: Tensor) -> Tensor:
-    """Record that ``mask`` (and every view of it) holds only 0 and 1, as masks made by thresholding do,
-    so that :func:`apply_mask` need not check it; returns ``mask``."""
+def mark_binary(mask: Tensor, valid: Tensor) -> Tensor:
+    """Record that ``mask`` (and every view of it) holds only 0 and 1, being ``valid`` (a bool tensor of its
+    shape) as a number, so that :func:`apply_mask` and :func:`all_valid` need not check it; returns ``mask``."""
     if not torch.jit.is_scripting():
-        _mark_binary_eager(mask)
+        _mark_binary_eager(mask, valid)
     return mask
 
 
@@ -106,6 +140,15 @@ def _is_clean(x: Tensor, mask: Tensor) -> bool:
     return entry is not None and entry[0] is mask and _is_binary(mask)
 
 
+def _all_finite(x: Tensor) -> bool:
+    """Whether ``x`` holds no NaN or inf (then ``0 * x`` is a zero everywhere), from one read of ``x``:
+    its sum is finite only then (or it overflowed: a false "no"). Asked on the CPU only, where the
+    answer costs no wait, and where it saves a mask-sized bit pattern for masks as large as ``x``."""
+    if x.device.type != "cpu":
+        return False
+    return bool(torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)))
+
+
 def _and_bits(x: Tensor, bits: Tensor) -> Tensor:
     return torch.bitwise_and(x.view(bits.dtype), bits).view(x.dtype)
 
@@ -114,14 +157,14 @@ class _ApplyMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, soft: bool) -> Tensor:
         # soft: multiply by the mask's weights; otherwise a binary mask only selects
-        bits = _keep_bits(mask, x.dtype)
         # the mask is saved rather than its bits: the graph shares it with the layers that made it
         ctx.save_for_backward(mask)
         ctx.soft = soft
         if not soft:
-            return _and_bits(x, bits)
+            return _and_bits(x, _keep_bits(mask, x.dtype, binary=True))
         y = x * mask
-        y.view(bits.dtype).bitwise_and_(bits)
+        if not _all_finite(x):
+            y.view(_INT_VIEW[x.dtype]).bitwise_and_(_keep_bits(mask, x.dtype))
         return y
 
     @staticmethod

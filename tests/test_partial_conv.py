@@ -289,3 +289,14 @@ def test_non_zero_padding_modes_equal_conv_without_mask():
         c.load_state_dict(p.state_dict())
         x = torch.randn(1, 2, 6, 6, 6)
         torch.testing.assert_close(p(x), c(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool, torch.float32])
+def test_masks_of_every_dtype_are_left_as_they_were(dtype):
+    conv = PartialConv3d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 6, 6, 6)
+    m = holes((1, 1, 6, 6, 6)).to(dtype)
+    kept = m.clone()
+    out = conv(x, m)
+    assert torch.equal(m, kept)
+    torch.testing.assert_close(out, conv(x, kept.float()))

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask_stats import all_valid, masked_moments
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.mask_stats import masked_moments
+from pconv3d.masking import all_valid, apply_mask, mark_clean
 
 __all__ = [
     "MaskedNorm",

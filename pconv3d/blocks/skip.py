@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask_stats import all_valid
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masking import all_valid, apply_mask, mark_clean
 
 __all__ = ["any_channel", "mask_union", "PartialSequential", "PartialSkipConnection"]
 
