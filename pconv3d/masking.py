@@ -71,25 +71,30 @@ def _is_binary(mask: Tensor) -> bool:
     """Whether ``mask`` only holds 0 and 1 (then ``x * mask`` is ``x`` on valid voxels: a pass saved).
 
     Cached per mask tensor, as the layers of a block all clear holes with the mask the previous layer
-    returned. Floating masks with several channels are not checked: the check would cost what it saves.
+    returned.
     """
     if not mask.is_floating_point() or _known(mask, "binary"):
         return True
-    if mask.dim() > 1 and mask.shape[1] > 1:
-        return False
-    return _classify(mask)[0]
+    return _checkable(mask) and _classify(mask)[0]
+
+
+def _checkable(mask: Tensor) -> bool:
+    """Masks worth checking: single-channel ones. A mask with a channel per input channel is as large as
+    the input, and checking it would cost what the answer saves."""
+    return mask.dim() < 2 or mask.shape[1] == 1
 
 
 def all_valid(mask: Tensor) -> bool:
     """Whether every element of ``mask`` is fully valid (1, or nonzero for bool/integer masks).
 
-    Asked on the CPU only (elsewhere the answer would wait for the device). Cached per tensor, and known
+    Asked on the CPU only (elsewhere the answer would wait for the device), and of single-channel masks
+    (others are all valid only if known to be: see :func:`_checkable`). Cached per tensor, and known
     for the masks layers hand on (views of their ``valid``): deep in a network most masks are all valid,
     and then statistics, norms and unions take their shortcuts.
     """
     if mask.device.type != "cpu":
         return False
-    return _known(mask, "all_valid") or _classify(mask)[1]
+    return _known(mask, "all_valid") or (_checkable(mask) and _classify(mask)[1])
 
 
 _TRUE = torch.ones((), dtype=torch.bool)
