@@ -154,13 +154,15 @@ def clear_cache() -> None:
     clear_all()
 
 
-def _through_cache(compute: Callable[..., MaskStats], mask: Tensor | None, args: tuple, shareable: bool) -> MaskStats:
+def _through_cache(
+    compute: Callable[..., MaskStats], mask: Tensor | None, args: tuple, device: torch.device, shareable: bool
+) -> MaskStats:
     """``compute(mask, *args)`` through the caches, with autocast off; computes directly where caching is
-    unsafe. ``shareable``: an all-valid mask has the statistics of ``mask=None``."""
+    unsafe. ``device``: where the statistics live (the last of ``args``); ``shareable``: an all-valid mask
+    has the statistics of ``mask=None``."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return compute(mask, *args)
     key = (compute.__name__,) + tuple(tuple(a) if isinstance(a, list) else a for a in args)
-    device = args[-1]
     # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
     no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
     with torch.inference_mode(False), torch.no_grad(), no_autocast:
@@ -194,7 +196,7 @@ def cached_stats(
 ) -> MaskStats:
     """:func:`compute_stats` through the caches (see the module doc)."""
     args = (spatial, kernel_size, stride, padding, dilation, pre_pad, pad_mode, groups, dtype, device)
-    return _through_cache(compute_stats, mask, args, shareable=groups == 1)
+    return _through_cache(compute_stats, mask, args, device, shareable=groups == 1)
 
 
 def cached_transposed_stats(
@@ -210,7 +212,7 @@ def cached_transposed_stats(
 ) -> MaskStats:
     """:func:`compute_transposed_stats` through the caches (see the module doc)."""
     args = (spatial, kernel_size, stride, padding, output_padding, dilation, dtype, device)
-    return _through_cache(compute_transposed_stats, mask, args, shareable=True)
+    return _through_cache(compute_transposed_stats, mask, args, device, shareable=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,8 +258,8 @@ def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor]) -> Tensor
     if bias is None:
         return out.mul_(ratio)
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        # the eager arithmetic, out of place (graph compilers fuse it)
-        return torch.addcmul(bias.view([1, -1] + [1] * (out.dim() - 2)), out, ratio) * valid
+        # the eager arithmetic, out of place (graph compilers fuse it), rounded once to the output's dtype
+        return (torch.addcmul(bias.view([1, -1] + [1] * (out.dim() - 2)), out, ratio) * valid).to(out.dtype)
     return _renormalize_eager(out, ratio, valid, bias)
 
 

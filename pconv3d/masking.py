@@ -188,8 +188,8 @@ def _where_mask(x: Tensor, mask: Tensor) -> Tensor:
 def _apply_mask_eager(x: Tensor, mask: Tensor) -> Tensor:
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or x.dtype not in _INT_VIEW:
         return _where_mask(x, mask.detach())
-    if _is_clean(x, mask):
-        return x
+    if _is_clean(x, mask) or all_valid(mask):
+        return x  # nothing to clear (x * 1 is x, NaN and all)
     binary = _is_binary(mask)
     const = mask.detach()
     y = _ApplyMask.apply(x, const if binary else const.to(x.dtype), not binary)
