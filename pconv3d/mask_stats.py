@@ -219,11 +219,9 @@ def cached_transposed_stats(
 # applying the statistics to a convolution's output
 
 
-
-
 class _Renormalize(torch.autograd.Function):
-    """``out * ratio + valid * bias`` written over ``out`` in one pass where every window is valid (``ratio``
-    is 0 where ``valid`` is, so only the bias needs ``valid``), with a second pass otherwise."""
+    """``out * ratio + valid * bias`` written over ``out``: one pass where every window is valid, a second
+    (``* valid``) otherwise; ``ratio`` is already 0 where ``valid`` is, so only the bias needs it."""
 
     @staticmethod
     def forward(ctx, out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor, all_valid: bool) -> Tensor:

@@ -109,8 +109,9 @@ def _mark_binary_eager(mask: Tensor, valid: Tensor) -> None:
 
 
 def mark_binary(mask: Tensor, valid: Tensor) -> Tensor:
-    """Record that ``mask`` (and every view of it) holds only 0 and 1, being ``valid`` (a bool tensor of its
-    shape) as a number, so that :func:`apply_mask` and :func:`all_valid` need not check it; returns ``mask``."""
+    """Record that ``mask`` (and every view of it) holds only 0 and 1, so that :func:`apply_mask` and
+    :func:`all_valid` need not check it; ``valid`` is the same mask as a bool tensor, from which whether
+    it is all valid is read. Returns ``mask``."""
     if not torch.jit.is_scripting():
         _mark_binary_eager(mask, valid)
     return mask
