@@ -358,11 +358,12 @@ def masked_moments(x: Tensor, valid: Tensor, dims: List[int]) -> MaskedMoments:
             dim). It is the one tensor autograd keeps for the masking, shared by reference.
         dims: the reduced dims.
 
-    Returns ``mean``, ``var`` and ``count`` (the number of valid elements) with the reduced dims kept, and
-    ``centered = x - mean`` with holes exactly 0. Where nothing is valid the mean and variance are 0
-    (never NaN, gradients included).
+    Returns ``mean``, ``var`` and ``count`` (the number of valid elements) with the reduced dims kept, in
+    :func:`stat_dtype` (half-precision sums overflow and round), and ``centered = x - mean`` in ``x``'s dtype
+    with holes exactly 0. Where nothing is valid the mean and variance are 0 (never NaN, gradients included).
     """
-    count = valid.sum(dims, keepdim=True)
+    acc = stat_dtype(x.dtype)
+    count = valid.sum(dims, keepdim=True, dtype=acc)
     broadcast = 1  # elements of x per element of valid over the reduced dims
     for d in dims:
         if valid.shape[d] == 1:
@@ -370,8 +371,9 @@ def masked_moments(x: Tensor, valid: Tensor, dims: List[int]) -> MaskedMoments:
     count = count * broadcast
     denom = count.clamp_min(1.0)
     xm = apply_mask(x, valid)
-    mean = xm.sum(dims, keepdim=True) / denom
-    centered = torch.addcmul(xm, mean, valid, value=-1.0)  # xm - mean on valid voxels, 0 in holes: one pass
+    mean = xm.sum(dims, keepdim=True, dtype=acc) / denom
+    # xm - mean on valid voxels, 0 in holes: one pass
+    centered = torch.addcmul(xm, mean.to(x.dtype), valid, value=-1.0)
     # one pass, no squared temporary; its gradient is 2 * centered, also where everything is 0
-    var = torch.linalg.vector_norm(centered, 2, dims, keepdim=True).square() / denom
+    var = torch.linalg.vector_norm(centered, 2, dims, keepdim=True, dtype=acc).square() / denom
     return MaskedMoments(mean, var, centered, count)

@@ -252,3 +252,17 @@ def test_scripted_norm_matches_eager(kind):
         scripted.train(training)
         torch.testing.assert_close(scripted(x, m), norm(x, m))
         torch.testing.assert_close(scripted(x), norm(x))
+
+
+@pytest.mark.parametrize("kind", ["instance", "batch", "group"])
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 0.02), (torch.bfloat16, 0.07)], ids=["fp16", "bf16"])
+def test_half_precision_statistics_neither_overflow_nor_drift(kind, dtype, atol):
+    # 2 x 40^3 voxels around 20: half-precision sums and counts would overflow (fp16) or round (bf16)
+    torch.manual_seed(0)
+    norm = make(kind, 3, affine=True)
+    x = torch.randn(2, 4, 40, 40, 40) * 3 + 20
+    m = holes((2, 1, 40, 40, 40))
+    want = norm(x, m)
+    got = norm.to(dtype)(x.to(dtype), m.to(dtype))
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=atol)

@@ -107,7 +107,7 @@ class _MaskedRunningNorm(MaskedNorm):
             mean, var, centered, count = masked_moments(input, valid, self._stat_dims(input))
             if self.training and running_mean is not None and running_var is not None:
                 self._update_running_stats(running_mean, running_var, mean, var, count)
-            return centered, torch.rsqrt(var + self.eps)
+            return centered, torch.rsqrt(var + self.eps).to(input.dtype)
         spatial = input.dim() - 2
         centered = torch.addcmul(apply_mask(input, valid), _channel_view(running_mean, spatial), valid, value=-1.0)
         return centered, _channel_view(torch.rsqrt(running_var + self.eps), spatial)
@@ -206,7 +206,7 @@ class MaskedGroupNorm(MaskedNorm, nn.GroupNorm):
         _, var, centered, _ = masked_moments(grouped, valid_grouped, list(range(2, grouped.dim())))
         # one rstd per group, repeated for the group's channels: (N, C, 1, ...)
         ones = [1] * (input.dim() - 2)
-        rstd = torch.rsqrt(var + self.eps).expand([grouped.shape[0], self.num_groups, grouped.shape[2]] + ones)
+        rstd = torch.rsqrt(var + self.eps).to(input.dtype).expand([grouped.shape[0], self.num_groups, grouped.shape[2]] + ones)
         return centered.reshape(input.shape), rstd.reshape([input.shape[0], input.shape[1]] + ones)
 
     def _group(self, input: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
