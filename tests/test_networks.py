@@ -196,3 +196,24 @@ def test_dynunet_heads_are_not_kept_and_eval_returns_one_map():
     net.eval()
     assert net(x, m).shape == stacked[:, 0].shape
     assert not stray_tensors(net)
+
+
+@pytest.mark.parametrize("precision", ["autocast-bf16", "half", "bfloat16"])
+def test_reduced_precision_networks_stay_finite_and_close(precision):
+    # values far from 0 and large enough volumes for half-precision sums to overflow if taken in fp16
+    torch.manual_seed(0)
+    net = PartialUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=1)
+    x = torch.randn(2, 1, 40, 40, 40) * 50 + 300
+    m = holes((2, 1, 40, 40, 40))
+    want = net(x, m)
+    if precision == "autocast-bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = net(x, m)
+    else:
+        dtype = torch.float16 if precision == "half" else torch.bfloat16
+        net = net.to(dtype)
+        got = net(x.to(dtype), m.to(dtype))
+    got.float().square().mean().backward()
+    assert torch.isfinite(got).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.05 * want.abs().max().item())

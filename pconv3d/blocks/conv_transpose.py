@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from pconv3d.mask_stats import MaskStats, cached_transposed_stats, compute_transposed_stats, renormalize, stat_dtype
@@ -53,6 +54,16 @@ class _PartialConvTransposeNd:
     def extra_repr(self) -> str:
         return super().extra_repr() + f", return_mask={self.return_mask}"
 
+    def _conv_transpose(self, x: Tensor) -> Tensor:
+        """The bias-free transposed convolution, through the functional that autocast knows."""
+        args = (list(self.stride), list(self.padding), list(self.output_padding), self.groups, list(self.dilation))
+        n = len(self.kernel_size)
+        if n == 1:
+            return F.conv_transpose1d(x, self.weight, None, *args)
+        if n == 2:
+            return F.conv_transpose2d(x, self.weight, None, *args)
+        return F.conv_transpose3d(x, self.weight, None, *args)
+
     @torch.jit.unused
     def _cached_stats(self, mask: Optional[Tensor], stats_args: tuple) -> MaskStats:
         return cached_transposed_stats(mask, *stats_args)
@@ -76,11 +87,7 @@ class _PartialConvTransposeNd:
             stats = compute_transposed_stats(mask_in, *stats_args)
         else:
             stats = self._cached_stats(mask_in, stats_args)
-        out = torch.convolution(
-            apply_mask(input, mask_in), self.weight, None, list(self.stride), list(self.padding),
-            list(self.dilation), True, list(self.output_padding), self.groups,
-        )
-        out = renormalize(out, stats, self.bias)
+        out = renormalize(self._conv_transpose(apply_mask(input, mask_in)), stats, self.bias)
         valid = stats.valid
         mask_out = valid.to(input.dtype).expand([out.shape[0], 1] + list(out.shape[2:]))
         return out, mask_out
