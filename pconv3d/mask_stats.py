@@ -8,10 +8,14 @@ Statistics are computed in float32 (float64 for float64 inputs) with autocast di
 epsilon. They are cached without any chance of a stale result:
 
 * ``mask=None`` (zero padding treated as missing): one entry per (spatial shape, geometry, dtype, device),
-  LRU-bounded.
+  LRU-bounded. A mask known to be all valid (:func:`pconv3d.masking.all_valid`; deep in a network most
+  masks are) has the same statistics and takes this entry.
 * an explicit mask: a :class:`~pconv3d.tensor_cache.PerTensorCache`, keyed by the mask *object* and its
   version counter, so a new tensor at a freed address never hits and an in-place edit invalidates.
   Several layers of one geometry that receive the same mask compute its statistics once.
+
+Transposed convolutions (:func:`cached_transposed_stats`) share both caches. :func:`renormalize` applies
+the statistics to a convolution's output.
 
 Each entry also records the version counters of the tensors it hands out, so a caller that edits a
 returned mask in place invalidates it too. Edits that bypass torch's version counter (writing through
