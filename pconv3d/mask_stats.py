@@ -167,22 +167,25 @@ def _through_cache(
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return compute(mask, *args)
     key = (compute.__name__,) + tuple(tuple(a) if isinstance(a, list) else a for a in args)
+    if mask is not None and shareable and all_valid(mask):
+        mask = None  # the same statistics, shared by every all-valid mask of this geometry
+    # look up first: the modes below cost more than a hit
+    stats = unstamp(_none_cache.get(key)) if mask is None else _mask_cache.peek(mask, key)
+    if stats is not None:
+        if mask is None:
+            _none_cache.move_to_end(key)
+        return stats
     # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
     no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
     with torch.inference_mode(False), torch.no_grad(), no_autocast:
-        if mask is not None and shareable and all_valid(mask):
-            mask = None  # the same statistics, shared by every all-valid mask of this geometry
-        if mask is None:
-            stats = unstamp(_none_cache.get(key))
-            if stats is None:
-                stats = compute(None, *args)
-                _none_cache[key] = stamp(stats)
-                if len(_none_cache) > _NONE_CACHE_SIZE:
-                    _none_cache.popitem(last=False)
-            else:
-                _none_cache.move_to_end(key)
-            return stats
-        return _mask_cache.get(mask, key, lambda: compute(mask, *args))
+        stats = compute(mask, *args)
+    if mask is None:
+        _none_cache[key] = stamp(stats)
+        if len(_none_cache) > _NONE_CACHE_SIZE:
+            _none_cache.popitem(last=False)
+    else:
+        _mask_cache.put(mask, key, stats)
+    return stats
 
 
 def cached_stats(
@@ -223,15 +226,21 @@ def cached_transposed_stats(
 # applying the statistics to a convolution's output
 
 
-class _Renormalize(torch.autograd.Function):
+def _renormalize_in_place(out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor, all_valid: bool) -> Tensor:
     """``out * ratio + valid * bias`` written over ``out``: one pass where every window is valid, a second
     (``* valid``) otherwise; ``ratio`` is already 0 where ``valid`` is, so only the bias needs it."""
+    torch.addcmul(bias.view([1, -1] + [1] * (out.dim() - 2)), out, ratio, out=out)
+    if not all_valid:
+        out.mul_(valid)
+    return out
+
+
+class _Renormalize(torch.autograd.Function):
+    """:func:`_renormalize_in_place` for autograd."""
 
     @staticmethod
     def forward(ctx, out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor, all_valid: bool) -> Tensor:
-        torch.addcmul(bias.view([1, -1] + [1] * (out.dim() - 2)), out, ratio, out=out)
-        if not all_valid:
-            out.mul_(valid)
+        _renormalize_in_place(out, ratio, valid, bias, all_valid)
         ctx.mark_dirty(out)
         ctx.save_for_backward(ratio, valid)
         ctx.all_valid = all_valid
@@ -267,7 +276,10 @@ def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor]) -> Tensor
 
 @torch.jit.unused
 def _renormalize_eager(out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor) -> Tensor:
-    return _Renormalize.apply(out, ratio, valid, bias, all_valid(valid))
+    if torch.is_grad_enabled() and (out.requires_grad or bias.requires_grad):
+        return _Renormalize.apply(out, ratio, valid, bias, all_valid(valid))
+    # nothing for autograd to record (no_grad, inference mode, frozen layer): skip its bookkeeping
+    return _renormalize_in_place(out, ratio, valid, bias, all_valid(valid))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -163,19 +163,24 @@ def _and_bits(x: Tensor, bits: Tensor) -> Tensor:
     return torch.bitwise_and(x.view(bits.dtype), bits).view(x.dtype)
 
 
+def _masked(x: Tensor, mask: Tensor, soft: bool) -> Tensor:
+    """``x * mask`` with exact zeros in the holes; ``soft``: multiply by the mask's weights, otherwise a
+    binary mask only selects."""
+    if not soft:
+        return _and_bits(x, _keep_bits(mask, x.dtype, binary=True))
+    y = x * mask
+    if not _all_finite(x):
+        y.view(_INT_VIEW[x.dtype]).bitwise_and_(_keep_bits(mask, x.dtype))
+    return y
+
+
 class _ApplyMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, soft: bool) -> Tensor:
-        # soft: multiply by the mask's weights; otherwise a binary mask only selects
         # the mask is saved rather than its bits: the graph shares it with the layers that made it
         ctx.save_for_backward(mask)
         ctx.soft = soft
-        if not soft:
-            return _and_bits(x, _keep_bits(mask, x.dtype, binary=True))
-        y = x * mask
-        if not _all_finite(x):
-            y.view(_INT_VIEW[x.dtype]).bitwise_and_(_keep_bits(mask, x.dtype))
-        return y
+        return _masked(x, mask, soft)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -197,7 +202,11 @@ def _apply_mask_eager(x: Tensor, mask: Tensor) -> Tensor:
         return x  # nothing to clear (x * 1 is x, NaN and all)
     binary = _is_binary(mask)
     const = mask.detach()
-    y = _ApplyMask.apply(x, const if binary else const.to(x.dtype), not binary)
+    const = const if binary else const.to(x.dtype)
+    if torch.is_grad_enabled() and x.requires_grad:
+        y = _ApplyMask.apply(x, const, not binary)
+    else:
+        y = _masked(x, const, not binary)
     return mark_clean(y, mask) if binary else y
 
 
