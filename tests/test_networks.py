@@ -217,3 +217,36 @@ def test_reduced_precision_networks_stay_finite_and_close(precision):
     assert torch.isfinite(got).all()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
     torch.testing.assert_close(got.float(), want, rtol=0, atol=0.05 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name,cls_p,cls_m,kw,spatial", NETS, ids=IDS)
+def test_shortcuts_change_nothing(name, cls_p, cls_m, kw, spatial, training, monkeypatch):
+    """Clean marks, all-valid facts (shared statistics, torch norms, union shortcut) only skip work:
+    outputs and gradients equal those of a run that takes none of them."""
+    import pconv3d.blocks.norm
+    import pconv3d.blocks.skip
+    import pconv3d.mask_stats
+    import pconv3d.masking
+
+    net, _ = pair(cls_p, cls_m, kw)
+    net.train(training)
+    x, m = data(kw, spatial)
+
+    def forward_and_grads():
+        net.zero_grad()
+        y = run(net, x, m)
+        y = y if isinstance(y, torch.Tensor) else y[0]
+        y.square().mean().backward()
+        return y.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+    y_fast, g_fast = forward_and_grads()
+    monkeypatch.setattr(pconv3d.masking, "_is_clean", lambda x, mask: False)
+    for module in (pconv3d.masking, pconv3d.mask_stats, pconv3d.blocks.norm, pconv3d.blocks.skip):
+        monkeypatch.setattr(module, "all_valid", lambda mask: False)
+    pconv3d.mask_stats.clear_cache()
+    y_slow, g_slow = forward_and_grads()
+    torch.testing.assert_close(y_fast, y_slow, rtol=1e-4, atol=1e-5)
+    assert len(g_fast) == len(g_slow)
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
