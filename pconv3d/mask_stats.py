@@ -68,6 +68,12 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A mask as window weights: floating masks as they are, bool/integer ones as 1 wherever nonzero."""
+    mask = mask.detach()
+    return mask.to(dtype) if mask.is_floating_point() else (mask != 0).to(dtype)
+
+
 def window_sum(
     mask: Tensor,
     kernel_size: List[int],
@@ -132,7 +138,7 @@ def compute_stats(
     if mask is None:
         m = torch.ones([1, 1] + spatial, dtype=dtype, device=device)
     else:
-        m = mask.detach().to(dtype)
+        m = _weights(mask, dtype)
         if m.shape[1] > 1:
             # a window of a group spans all of the group's input channels: sum them before sliding
             m = m.reshape([m.shape[0], groups, m.shape[1] // groups] + list(m.shape[2:])).sum(2)
@@ -350,7 +356,7 @@ def compute_transposed_stats(
     )
     s = full
     if mask is not None:
-        s = transposed_window_sum(mask.detach().to(dtype), kernel_size, stride, padding, output_padding, dilation)
+        s = transposed_window_sum(_weights(mask, dtype), kernel_size, stride, padding, output_padding, dilation)
     valid = s > 0
     ratio = torch.where(valid, full / s, torch.zeros((), dtype=dtype, device=s.device))
     return MaskStats(ratio, mark_binary(valid.to(dtype), valid))

@@ -32,9 +32,13 @@ _clean_cache = PerTensorCache(64)
 
 
 def _keep_bits(mask: Tensor, dtype: torch.dtype, binary: bool = False) -> Tensor:
-    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``
-    (``binary``: the mask holds only 0 and 1, so it converts directly)."""
-    return (mask if binary else mask != 0).to(_INT_VIEW[dtype], copy=True).neg_()  # never the caller's mask
+    """All-ones bit pattern (-1) where ``mask != 0``, 0 in holes, as the integer twin of ``dtype``.
+
+    A bool mask, or a floating one known to hold only 0 and 1 (``binary``), converts directly; integer
+    masks are compared, since any nonzero value (3 too) means valid.
+    """
+    direct = mask.dtype == torch.bool or (binary and mask.is_floating_point())
+    return (mask if direct else mask != 0).to(_INT_VIEW[dtype], copy=True).neg_()  # never the caller's mask
 
 
 def _known(mask: Tensor, fact: str) -> bool:

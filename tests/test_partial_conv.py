@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from benchmarks.reference_baseline import ReferencePartialConv3d
 from pconv3d import PartialConv1d, PartialConv2d, PartialConv3d
+from pconv3d.masking import apply_mask
 from tests.oracle import partial_conv_oracle
 
 PCONV = {1: PartialConv1d, 2: PartialConv2d, 3: PartialConv3d}
@@ -295,8 +296,11 @@ def test_non_zero_padding_modes_equal_conv_without_mask():
 def test_masks_of_every_dtype_are_left_as_they_were(dtype):
     conv = PartialConv3d(2, 3, 3, padding=1)
     x = torch.randn(1, 2, 6, 6, 6)
-    m = holes((1, 1, 6, 6, 6)).to(dtype)
+    binary = holes((1, 1, 6, 6, 6))
+    # integer masks: any nonzero value is valid
+    m = binary.to(dtype) if dtype in (torch.bool, torch.float32) else binary.to(dtype) * 3
     kept = m.clone()
     out = conv(x, m)
     assert torch.equal(m, kept)
-    torch.testing.assert_close(out, conv(x, kept.float()))
+    torch.testing.assert_close(out, conv(x, binary))
+    assert torch.equal(apply_mask(x, m), apply_mask(x, binary))
