@@ -41,15 +41,17 @@ def _keep_bits(mask: Tensor, dtype: torch.dtype, binary: bool = False) -> Tensor
     return (mask if direct else mask != 0).to(_INT_VIEW[dtype], copy=True).neg_()  # never the caller's mask
 
 
-def _known(mask: Tensor, fact: str) -> bool:
-    """Whether ``fact`` is on record as true for ``mask`` or for the tensor it is a view of (a view of a
-    binary or all-valid tensor is binary or all valid too)."""
-    for t in (mask, mask._base):
-        if t is not None:
-            entry = _facts.peek(t, fact)
-            if entry is not None and bool(entry[0]):
-                return True
-    return False
+def _known(mask: Tensor, fact: str) -> Optional[bool]:
+    """``fact`` as on record for ``mask``, else true if on record as true for the tensor it is a view of
+    (a view of a binary or all-valid tensor is binary or all valid too), else ``None``."""
+    entry = _facts.peek(mask, fact)
+    if entry is not None:
+        return bool(entry[0])
+    if mask._base is not None:
+        entry = _facts.peek(mask._base, fact)
+        if entry is not None and bool(entry[0]):
+            return True
+    return None
 
 
 def _classify(mask: Tensor) -> tuple[bool, bool]:
@@ -59,19 +61,15 @@ def _classify(mask: Tensor) -> tuple[bool, bool]:
     Counts rather than ``all()`` (several times slower on CPU): a floating mask is binary exactly when
     each of its nonzero elements is a 1, and all valid when its 1s are all of it.
     """
-
-    def compute() -> tuple[Tensor, Tensor]:
-        # normal tensors even in inference mode: the cache records their version counters
-        with torch.inference_mode(False), torch.no_grad():
-            if not mask.is_floating_point():
-                return _TRUE, torch.count_nonzero(mask) == mask.numel()
-            ones = torch.count_nonzero(mask == 1)
-            return torch.count_nonzero(mask) == ones, ones == mask.numel()
-
-    binary, ones = _facts.get(mask, "classified", compute)
-    if not mask.is_inference():
-        _facts.put(mask, "binary", (binary,))
-        _facts.put(mask, "all_valid", (ones,))
+    # normal tensors even in inference mode: the cache records their version counters
+    with torch.inference_mode(False), torch.no_grad():
+        if not mask.is_floating_point():
+            binary, ones = _TRUE, torch.count_nonzero(mask) == mask.numel()
+        else:
+            count = torch.count_nonzero(mask == 1)
+            binary, ones = torch.count_nonzero(mask) == count, count == mask.numel()
+    _facts.put(mask, "binary", (binary,))
+    _facts.put(mask, "all_valid", (ones,))
     return bool(binary), bool(ones)
 
 
@@ -81,8 +79,11 @@ def _is_binary(mask: Tensor) -> bool:
     Cached per mask tensor, as the layers of a block all clear holes with the mask the previous layer
     returned.
     """
-    if not mask.is_floating_point() or _known(mask, "binary"):
+    if not mask.is_floating_point():
         return True
+    known = _known(mask, "binary")
+    if known is not None:
+        return known
     return _checkable(mask) and _classify(mask)[0]
 
 
@@ -96,13 +97,17 @@ def all_valid(mask: Tensor) -> bool:
     """Whether every element of ``mask`` is fully valid (1, or nonzero for bool/integer masks).
 
     Asked on the CPU only (elsewhere the answer would wait for the device), and of single-channel masks
-    (others are all valid only if known to be: see :func:`_checkable`). Cached per tensor, and known
-    for the masks layers hand on (views of their ``valid``): deep in a network most masks are all valid,
-    and then statistics, norms and unions take their shortcuts.
+    (others are all valid only if known to be: see :func:`_checkable`); never while tracing or compiling,
+    where the graph must not depend on it. Cached per tensor, and known for the masks layers hand on
+    (views of their ``valid``): deep in a network most masks are all valid, and then statistics, norms
+    and unions take their shortcuts.
     """
-    if mask.device.type != "cpu":
+    if mask.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return _known(mask, "all_valid") or (_checkable(mask) and _classify(mask)[1])
+    known = _known(mask, "all_valid")
+    if known is not None:
+        return known
+    return _checkable(mask) and _classify(mask)[1]
 
 
 _TRUE = torch.ones((), dtype=torch.bool)

@@ -55,7 +55,7 @@ class MaskedNorm:
     """
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        if not torch.jit.is_scripting() and self._torch_rules() and (mask is None or self._all_valid(mask)):
+        if not torch.jit.is_scripting() and self._torch_rules() and (mask is None or self._all_valid_eager(mask)):
             return self._torch_norm(input)
         spatial = input.dim() - 2
         if mask is None:
@@ -86,8 +86,8 @@ class MaskedNorm:
         return not (updates and self.momentum is None and isinstance(self, nn.modules.instancenorm._InstanceNorm))
 
     @torch.jit.unused
-    def _all_valid(self, mask: Tensor) -> bool:
-        return not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and all_valid(mask)
+    def _all_valid_eager(self, mask: Tensor) -> bool:
+        return all_valid(mask)
 
     @torch.jit.unused
     def _torch_norm(self, input: Tensor) -> Tensor:

@@ -53,8 +53,6 @@ def mask_union(a: Tensor, b: Optional[Tensor]) -> Tensor:
 @torch.jit.unused
 def _known_union(a: Tensor, b: Tensor) -> Optional[Tensor]:
     """An all-valid operand is the union itself: handing it on keeps its cached statistics and marks."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return None
     if all_valid(a):
         return a
     if all_valid(b):
