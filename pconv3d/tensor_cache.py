@@ -9,7 +9,7 @@ are recorded too, so a caller that edits a value it was handed invalidates it. E
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import TypeVar
 
 from torch import Tensor
@@ -33,8 +33,8 @@ def unstamp(entry: Stamped | None) -> V | None:
 
 
 class PerTensorCache:
-    """``get(tensor, key, compute)``: ``compute()`` once per (tensor object, its version, key);
-    ``peek`` and ``put`` read and write an entry directly.
+    """Values per (tensor object, its version, key): ``put`` stores one, ``peek`` finds it again while
+    the tensor lives unedited.
 
     Args:
         max_tensors: tensors remembered at once (the oldest is forgotten first).
@@ -47,13 +47,6 @@ class PerTensorCache:
 
     def clear(self) -> None:
         self._slots.clear()
-
-    def get(self, tensor: Tensor, key: Hashable, compute: Callable[[], V]) -> V:
-        value = self.peek(tensor, key)
-        if value is None:
-            value = compute()
-            self.put(tensor, key, value)
-        return value
 
     def peek(self, tensor: Tensor, key: Hashable) -> V | None:
         """The value stored for (``tensor`` as it is now, ``key``), or ``None``."""
