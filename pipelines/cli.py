@@ -13,17 +13,21 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from pipelines.errors import CLIError
+from pipelines.errors import EXIT_USER_ERROR, run_reporting_errors
 
 # subcommand modules, in the order ``pconv3d --help`` lists them
 SUBCOMMANDS = ("run", "data", "train", "infer", "evaluate", "demo")
 
 
 class _Parser(argparse.ArgumentParser):
-    """No abbreviations: ``--epoch 2`` must be refused as an unknown config key, not read as ``--epochs``."""
+    """No abbreviations (``--epoch 2`` must be refused as an unknown config key, not read as ``--epochs``), and
+    a bad argument is one line, like every other user error."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not hasattr(args, "extra"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    try:
-        return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError) as e:
-        print(f"pconv3d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

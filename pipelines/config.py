@@ -39,8 +39,32 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
             raise CLIError(f"unexpected argument {key!r}: overrides are given as --id value (e.g. --epochs 2)")
         if not items or items[0].startswith("--"):
             raise CLIError(f"override {key} needs a value")
-        out[key[2:].replace(".", "#")] = yaml.safe_load(items.pop(0))
+        text = items.pop(0)
+        try:
+            out[key[2:].replace(".", "#")] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise CLIError(f"{key}: cannot read {text!r} as a YAML value ({problem})") from None
     return out
+
+
+def _is_expression(value: Any) -> bool:
+    """Config strings that MONAI evaluates or resolves (``$expr``, ``@ref``, ``%macro``): any type may result."""
+    return isinstance(value, str) and value[:1] in ("$", "@", "%")
+
+
+def _type_problem(old: Any, new: Any) -> str | None:
+    """What is wrong with overriding the config value ``old`` by ``new``, or ``None``: numbers, booleans and lists
+    must stay numbers, booleans and lists (an expression may stand for anything)."""
+    if _is_expression(old) or _is_expression(new) or old is None:
+        return None
+    if isinstance(old, bool):
+        return None if isinstance(new, bool) else "true or false"
+    if isinstance(old, (int, float)):
+        return None if isinstance(new, (int, float)) and not isinstance(new, bool) else "a number"
+    if isinstance(old, list):
+        return None if isinstance(new, list) else "a list like [32, 32, 32]"
+    return None
 
 
 def _siblings(parser: ConfigParser, key: str) -> list[str]:
@@ -56,14 +80,22 @@ def _siblings(parser: ConfigParser, key: str) -> list[str]:
 def load_config(files: Sequence[str], overrides: dict[str, Any]) -> ConfigParser:
     """Read and merge ``files``, check every override id exists, and apply the overrides."""
     parser = ConfigParser()
-    try:
-        parser.read_config([config_path(f) for f in files])
-    except (yaml.YAMLError, ValueError) as e:
-        raise CLIError(f"cannot read config {', '.join(files)}: {e}") from None
+    paths = [config_path(f) for f in files]
+    for path in paths:
+        try:
+            content = ConfigParser.load_config_file(path)
+        except (yaml.YAMLError, ValueError) as e:
+            raise CLIError(f"cannot read config {path}: {' '.join(str(e).split())}") from None
+        if not isinstance(content, dict):
+            raise CLIError(f"config {path} must be a mapping of ids to values, got {type(content).__name__}")
+    parser.read_config(paths)
     for key, value in overrides.items():
         if key not in parser:
             parent = key.rpartition("#")[0]
             valid = _siblings(parser, key) if not parent or parent in parser else _siblings(parser, key.partition("#")[0])
             raise CLIError(f"unknown config key {key!r}; valid keys here: {', '.join(valid)}")
+        expected = _type_problem(parser[key], value)
+        if expected:
+            raise CLIError(f"--{key}: expected {expected} (like the config's {parser[key]!r}), got {value!r}")
         parser[key] = value
     return parser

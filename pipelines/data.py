@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from pconv3d.data import KINDS, make_dataset
-from pipelines.errors import CLIError
+from pipelines.outputs import check_writable, removed_if_failed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Generate the dataset described by ``args``; print where it went and how long it took."""
     start = time.perf_counter()
-    try:
+    check_writable(args.output)
+    with removed_if_failed(args.output):
         path = make_dataset(
             args.kind,
             args.output,
@@ -49,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
         )
-    except FileExistsError as e:
-        raise CLIError(str(e)) from None
     print(
         f"wrote {args.kind} dataset ({args.n_train} training, {args.n_test} test cases, size {args.size}) "
         f"to {path.parent} in {time.perf_counter() - start:.1f} s"

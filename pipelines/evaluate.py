@@ -20,10 +20,13 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.transforms import LoadImage
 
-from pconv3d.io.datalist import load_datalist, load_folder, read_volume_info
+from pconv3d.io.datalist import grid_mismatch, load_datalist, load_folder, read_volume_info
 from pconv3d.io.sitk import atomic_write
 from pconv3d.io.save import output_path
+from pipelines.arguments import positive_int
 from pipelines.errors import CLIError
+from pipelines.inputs import check_label_values
+from pipelines.outputs import check_writable, removed_if_failed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="folder of <name> label volumes, or a dataset.json")
     p.add_argument("--study", action="store_true",
                    help="run the missing-data robustness study instead (trains three models; see pipelines/study.py)")
-    p.add_argument("--epochs", type=int, default=250, help="with --study: training epochs per method")
+    p.add_argument("--epochs", type=positive_int, default=250, help="with --study: training epochs per method")
     p.add_argument("--section", default="test", help="dataset.json section holding the labels (default: test)")
     p.add_argument("--output", help="folder for metrics.csv and summary.json (default: --pred)")
     p.add_argument("--classes", nargs="+", help="class names, background first (default: from dataset.json or numbers)")
@@ -58,13 +61,20 @@ def pair_cases(pred_dir: str, labels: str, section: str = "test") -> list[tuple[
 
 
 def case_metrics(pred_file: str, label_file: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and HD95 (mm) per foreground class for one case; NaN where a class is absent from both."""
-    for f in (pred_file, label_file):
-        read_volume_info(f, read_data=False)  # clear errors for unreadable files
+    """Dice and HD95 (mm) per foreground class for one case; NaN where a class is absent from both.
+
+    The prediction must lie on its label's grid (shape and affine: a shifted or flipped prediction is refused,
+    not scored) and both must hold class indices ``0 .. num_classes - 1``."""
+    pred_info, label_info = read_volume_info(pred_file), read_volume_info(label_file)
+    problem = grid_mismatch(pred_info.shape[:3], pred_info.affine, label_info.shape[:3], label_info.affine)
+    if problem:
+        raise CLIError(f"{pred_file}: not on the grid of its label {label_file}: {problem}")
     load = LoadImage(image_only=True, ensure_channel_first=True)
     pred, label = load(pred_file), load(label_file)
     if pred.shape != label.shape:
-        raise CLIError(f"{pred_file}: shape {tuple(pred.shape[1:])} differs from its label {label_file} {tuple(label.shape[1:])}")
+        raise CLIError(f"{pred_file}: shape {tuple(pred.shape)} differs from its label {label_file} {tuple(label.shape)}")
+    for volume, path in ((pred, pred_file), (label, label_file)):
+        check_label_values(volume, path, num_classes)
     spacing = [float(s) for s in np.sqrt((np.asarray(label.affine)[:3, :3] ** 2).sum(0))]
     onehot = [torch.nn.functional.one_hot(t[0].long(), num_classes).movedim(-1, 0)[None] for t in (pred, label)]
     dice = compute_dice(*onehot, include_background=False, ignore_empty=True)[0]
@@ -104,13 +114,17 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+RESULT_FILES = ("metrics.csv", "summary.json")
+
+
 def write_results(out_dir: Path, rows: list[dict], summary: dict, overwrite: bool) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, ["case", "class", "dice", "hd95_mm"])
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(out_dir / "metrics.csv", lambda p: p.write_text(text.getvalue()), overwrite=overwrite)
-    atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
+    with removed_if_failed(out_dir):
+        atomic_write(out_dir / RESULT_FILES[0], lambda p: p.write_text(text.getvalue()), overwrite=overwrite)
+        atomic_write(out_dir / RESULT_FILES[1], lambda p: p.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,13 +135,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.pred or not args.labels:
         raise CLIError("--pred and --labels are required (or --study)")
+    out = Path(args.output or args.pred)
+    existing = [name for name in RESULT_FILES if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise CLIError(f"{out / existing[0]} already exists from an earlier evaluation; pass --overwrite to replace it, "
+                       "or choose another --output")
+    check_writable(out)
     pairs = pair_cases(args.pred, args.labels, args.section)
     names = class_names_for(args.labels, args.classes, pairs)
     rows, summary = evaluate(pairs, names)
-    out = Path(args.output or args.pred)
-    try:
-        write_results(out, rows, summary, args.overwrite)
-    except FileExistsError as e:
-        raise CLIError(f"{e} (use --overwrite)") from None
+    write_results(out, rows, summary, args.overwrite)
     print(f"{len(pairs)} cases\n{format_table(summary)}\nper-case metrics: {out.resolve() / 'metrics.csv'}")
     return 0

@@ -26,11 +26,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
 from monai.handlers import from_engine
 
 from pconv3d.io.sitk import atomic_write
 
 LAST, BEST = "last.pt", "best.pt"
+# everything a training run writes into its folder: one run's files, never mixed with another's
+RUN_FILES = (LAST, BEST, "metrics.json", "metrics.csv", "tensorboard")
+# learning-rate scheduler attributes that hold the planned length of training
+_SCHEDULE_LENGTHS = ("T_max", "total_iters")
 
 
 def is_main_process() -> bool:
@@ -38,8 +43,13 @@ def is_main_process() -> bool:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`pconv3d.io.sitk.atomic_write`: complete file or none, replacing ``path``."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
+    """``torch.save`` through :func:`pconv3d.io.sitk.atomic_write`: complete file or none, replacing ``path``.
+
+    Serialized in memory first: torch's zip writer reports a full disk as a bare ``RuntimeError``, a plain
+    file write as the ``OSError`` it is."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()), overwrite=True)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -118,13 +128,16 @@ class CheckpointHandler:
         ckpt = load_checkpoint(path)
         _unwrap(self.network).load_state_dict(ckpt["network"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        note = ""
         if self.lr_scheduler is not None and "lr_scheduler" in ckpt:
+            planned = self.lr_scheduler.state_dict()
             self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            note = stretch_schedule(self.lr_scheduler, planned)
         self.best = ckpt.get("best_metric", -math.inf)
         max_epochs = trainer.state.max_epochs
         trainer.load_state_dict({**ckpt["trainer"], "max_epochs": max_epochs})
         trainer.state.max_epochs = max_epochs
-        print(f"resumed from {path} at epoch {trainer.state.epoch} of {max_epochs}", flush=True)
+        print(f"resumed from {path} at epoch {trainer.state.epoch} of {max_epochs}{note}", flush=True)
 
     def _save_last(self, trainer: Engine) -> None:
         if is_main_process():
@@ -146,6 +159,33 @@ class CheckpointHandler:
     def _save_final_if_never_validated(self, trainer: Engine) -> None:
         if self.best == -math.inf and not (self.save_dir / BEST).exists():
             self._write_best(None)
+
+
+def stretch_schedule(scheduler: Any, planned: Mapping[str, Any]) -> str:
+    """Give a resumed ``scheduler`` the length configured now (``planned``, its state before loading), where the
+    saved one was planned for another number of epochs; returns a note for the user ("" when nothing changed).
+
+    The learning rate continues as if the run had been planned this long from the start (the closed form at
+    the current epoch): a cosine schedule that had reached 0 after the first run's epochs rises again to where
+    the longer schedule is, instead of training the new epochs at a learning rate of 0.
+    """
+    changed = [(k, getattr(scheduler, k), planned[k]) for k in _SCHEDULE_LENGTHS
+               if k in planned and getattr(scheduler, k, planned[k]) != planned[k]]
+    if not changed:
+        return ""
+    if not hasattr(scheduler, "_get_closed_form_lr"):
+        raise ValueError(f"cannot resume {type(scheduler).__name__} with another length ({changed[0][0]} "
+                         f"{changed[0][1]} -> {changed[0][2]}): it has no closed form to continue from; "
+                         "resume with the first run's number of epochs")
+    for key, _, new in changed:
+        setattr(scheduler, key, new)
+    lrs = scheduler._get_closed_form_lr()
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    key, old, new = changed[0]
+    return (f"; learning-rate schedule ({type(scheduler).__name__}) stretched from {old} to {new} epochs, "
+            f"learning rate now {lrs[0]:.3g}")
 
 
 class MetricsLog:
@@ -216,4 +256,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-__all__ = ["CheckpointHandler", "MetricsLog", "atomic_save", "load_checkpoint", "is_main_process", "LAST", "BEST"]
+def check_architecture(network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise a ``ValueError`` naming the keys or shapes that differ unless ``state`` (from ``path``) fits
+    ``network`` exactly."""
+    own = network.state_dict()
+    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    shapes = [] if missing or unexpected else [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        details = "; ".join(filter(None, [
+            f"missing {sorted(missing)[:3]}" if missing else "",
+            f"unexpected {sorted(unexpected)[:3]}" if unexpected else "",
+            f"shapes differ ({', '.join(shapes[:3])})" if shapes else "",
+        ]))
+        raise ValueError(f"{path} holds weights of another architecture than {type(network).__name__} "
+                         f"as configured: {details}")
+
+
+def load_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load ``path``'s weights into ``network`` strictly; a clear error when the architectures differ."""
+    state = load_checkpoint(path)["network"]
+    check_architecture(network, state, path)
+    network.load_state_dict(state)
+    return network.eval()
+
+
+def network_from_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
+    """The network a checkpoint records (its ``network_def``), with the checkpoint's weights, in eval mode."""
+    network_def = load_checkpoint(path).get("network_def")
+    if not network_def:
+        raise ValueError(f"{path} records no network_def; build the network from a config and use load_network")
+    return load_network(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), path)
+
+
+__all__ = ["CheckpointHandler", "MetricsLog", "atomic_save", "load_checkpoint", "check_architecture", "load_network",
+           "network_from_checkpoint", "stretch_schedule", "is_main_process", "LAST", "BEST", "RUN_FILES"]

@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from monai.bundle import ConfigParser
 from monai.data import partition_dataset
 
-from pconv3d.io.datalist import load_folder, validate_case
+from pconv3d.io.datalist import load_folder
 from pconv3d.io.save import output_path
-from pipelines.bundle import add_common_arguments, run_workflow
+from pipelines.arguments import positive_int
+from pipelines.bundle import add_common_arguments, common_overrides, run_workflow
 from pipelines.handlers import load_checkpoint
+from pipelines.inputs import check_cases
 
 
 OUTPUT_POSTFIXES = ("seg", "prob")  # the files inference.yaml writes per input
@@ -33,18 +34,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="a volume file or a folder of volumes")
     p.add_argument("--mask", help="validity mask file for a single input volume (1 = valid)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
-    p.add_argument("--sw-batch-size", type=int, help="sliding-window batch size")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
+    p.add_argument("--sw-batch-size", type=positive_int, help="sliding-window batch size")
     p.set_defaults(func=run)
 
 
-def input_datalist(input: str, mask: str | None = None, output_dir: str | None = None) -> list[dict[str, str]]:
+def input_datalist(input: str, mask: str | None = None) -> list[dict[str, str]]:
     """Datalist for a file (with an optional mask file) or a folder; this process's share under torchrun.
 
-    Every file is checked before anything is written: readable, 3D, masks on their image's grid, and no
-    output in ``output_dir`` that would land on an input file."""
+    In a folder, files named as this command's outputs of another volume there (``<name>_seg``, ``<name>_prob``
+    beside ``<name>``) are earlier results, not inputs: they are skipped, with a note."""
     if input is None:
         raise ValueError("no input given: set `input` to a volume file or a folder")
     path = Path(input)
@@ -52,18 +51,16 @@ def input_datalist(input: str, mask: str | None = None, output_dir: str | None =
         if mask is not None:
             raise ValueError(f"--mask applies to a single input file; {path} is a folder (name masks <name>_mask.<ext>)")
         items = load_folder(path)
+        earlier = {output_path(item["image"], path, post).name for item in items for post in OUTPUT_POSTFIXES}
+        skipped = [item["image"] for item in items if Path(item["image"]).name in earlier]
+        if skipped:
+            print(f"skipping {len(skipped)} earlier output(s) in {path} ({', '.join(Path(f).name for f in skipped[:3])}"
+                  f"{', ...' if len(skipped) > 3 else ''})", flush=True)
+            items = [item for item in items if item["image"] not in skipped]
     elif path.is_file():
         items = [{"image": str(path.resolve()), **({"mask": str(Path(mask).resolve())} if mask else {})}]
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
-    for item in items:
-        validate_case(item)
-    if output_dir is not None:
-        inputs = {Path(p).resolve() for item in items for p in item.values()}
-        clashes = [str(out) for item in items for post in OUTPUT_POSTFIXES
-                   if (out := output_path(item["image"], output_dir, post)).resolve() in inputs]
-        if clashes:
-            raise ValueError(f"{', '.join(clashes)}: output would overwrite an input file; choose another output folder")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         if not dist.is_initialized():
@@ -72,31 +69,28 @@ def input_datalist(input: str, mask: str | None = None, output_dir: str | None =
     return items
 
 
-def load_network(network: torch.nn.Module, path: str) -> torch.nn.Module:
-    """Load ``path``'s weights into ``network`` strictly; a clear error when the architectures differ."""
-    state = load_checkpoint(path)["network"]
-    missing, unexpected, shapes = network.state_dict().keys() - state.keys(), state.keys() - network.state_dict().keys(), []
-    if not missing and not unexpected:
-        own = network.state_dict()
-        shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        details = "; ".join(filter(None, [
-            f"missing {sorted(missing)[:3]}" if missing else "",
-            f"unexpected {sorted(unexpected)[:3]}" if unexpected else "",
-            f"shapes differ ({', '.join(shapes[:3])})" if shapes else "",
-        ]))
-        raise ValueError(f"{path} holds weights of another architecture than {type(network).__name__} "
-                         f"as configured: {details}")
-    network.load_state_dict(state)
-    return network.eval()
-
-
-def network_from_checkpoint(path: str | Path) -> torch.nn.Module:
-    """The network a checkpoint records (its ``network_def``), with the checkpoint's weights, in eval mode."""
-    network_def = load_checkpoint(path).get("network_def")
-    if not network_def:
-        raise ValueError(f"{path} records no network_def; build the network from a config and use load_network")
-    return load_network(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), str(path))
+def check_inference(
+    datalist: list[dict[str, str]],
+    output_dir: str,
+    overwrite: bool,
+    probabilities: bool,
+    in_channels: int,
+    mask_options: dict[str, Any] | None = None,
+) -> None:
+    """Before any volume is segmented: every case usable by the network (:func:`pipelines.inputs.check_cases`),
+    no output that would land on an input file, and none that exists already unless ``overwrite``."""
+    check_cases(datalist, in_channels, mask_options=mask_options)
+    inputs = {Path(p).resolve() for item in datalist for p in item.values()}
+    clashes = [str(out) for item in datalist for post in OUTPUT_POSTFIXES
+               if (out := output_path(item["image"], output_dir, post)).resolve() in inputs]
+    if clashes:
+        raise ValueError(f"{', '.join(clashes)}: output would overwrite an input file; choose another output folder")
+    written = OUTPUT_POSTFIXES if probabilities else OUTPUT_POSTFIXES[:1]
+    existing = [out for item in datalist for post in written if (out := output_path(item["image"], output_dir, post)).exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ValueError(f"{existing[0]}{more} already exist(s) from an earlier run; pass --overwrite to replace "
+                         "them, or choose another --output")
 
 
 def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
@@ -110,12 +104,10 @@ def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {**checkpoint_overrides(args.model, args.extra), "input": args.input}
-    optional = {"mask": args.mask, "output_dir": args.output, "sw_batch_size": args.sw_batch_size}
+    overrides = {**checkpoint_overrides(args.model, args.extra), "input": args.input, **common_overrides(args)}
+    optional = {"mask": args.mask, "sw_batch_size": args.sw_batch_size}
     overrides.update({k: v for k, v in optional.items() if v is not None})
-    if args.device:
-        overrides["device"] = f"$torch.device('{args.device}')"
-    for flag, key in ((args.probabilities, "save_probabilities"), (args.amp, "amp"), (args.overwrite, "overwrite")):
+    for flag, key in ((args.probabilities, "save_probabilities"), (args.amp, "amp")):
         if flag:
             overrides[key] = True
     run_workflow(args.config, overrides, args.extra)

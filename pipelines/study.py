@@ -32,7 +32,7 @@ from pconv3d.io.sitk import atomic_write
 from pconv3d.transforms.recipes import infer_transforms
 from pipelines.bundle import run_workflow
 from pipelines.config import config_path
-from pipelines.infer import network_from_checkpoint
+from pipelines.handlers import network_from_checkpoint
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 PATTERNS = ("random", "regular", "block")

@@ -6,22 +6,25 @@ import argparse
 from pathlib import Path
 
 from pconv3d.io.datalist import DATASET_JSON, load_datalist
-from pipelines.bundle import add_common_arguments, run_workflow
+from pipelines.arguments import positive_int
+from pipelines.bundle import add_common_arguments, common_overrides, run_workflow
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train from a bundle config")
     add_common_arguments(p, "train.yaml")
     p.add_argument("--data", help="dataset folder with dataset.json (config id dataset_dir)")
-    p.add_argument("--epochs", type=int, help="number of epochs (config id epochs)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt with optimizer and scheduler state")
+    p.add_argument("--epochs", type=positive_int, help="number of epochs (config id epochs)")
+    p.add_argument("--seed", type=int, help="random seed (config id seed)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTPUT from its last.pt (more --epochs stretch its learning-rate schedule)")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {"dataset_dir": args.data, "output_dir": args.output, "epochs": args.epochs, "seed": args.seed}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {"dataset_dir": args.data, "epochs": args.epochs, "seed": args.seed}
+    overrides = {**{k: v for k, v in overrides.items() if v is not None}, **common_overrides(args)}
     if args.resume:
         overrides["resume"] = True
     if args.amp:

@@ -41,6 +41,7 @@ __all__ = [
     "load_datalist",
     "load_folder",
     "write_datalist",
+    "generated_dataset_settings",
     "is_generated_dataset",
     "write_dataset",
 ]
@@ -149,6 +150,16 @@ def _check_dims(info: VolumeInfo, key: str) -> None:
         raise ValueError(f"{info.path}: {key} must be a 3D volume {expected}, got shape {info.shape}")
 
 
+def _check_affine(info: VolumeInfo) -> None:
+    """A usable grid: a finite affine whose 3x3 part can be inverted (no zero voxel size, no collapsed axis)."""
+    affine = np.asarray(info.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(
+            f"{info.path}: the affine {np.round(affine[:3], 4).tolist()} maps no volume (a voxel size of 0 or "
+            "a non-finite entry in the header); fix the file's header"
+        )
+
+
 def validate_case(item: Mapping[str, Any], keys: Sequence[str] = KEYS, read_data: bool = True) -> dict[str, VolumeInfo]:
     """Check that a case's files exist, are readable 3D volumes and share the image's grid (shape and affine).
 
@@ -162,8 +173,8 @@ def validate_case(item: Mapping[str, Any], keys: Sequence[str] = KEYS, read_data
 
     Raises:
         FileNotFoundError: a file does not exist.
-        ValueError: a file is unreadable, not 3D, or its grid differs from the image's (the message names both
-            files and what differs).
+        ValueError: a file is unreadable, not 3D, has a singular affine, or its grid differs from the image's
+            (the message names both files and what differs).
 
     Example:
         >>> validate_case({"image": "img.nii.gz", "label": "seg.nii.gz"})  # doctest: +SKIP
@@ -177,6 +188,7 @@ def validate_case(item: Mapping[str, Any], keys: Sequence[str] = KEYS, read_data
             continue
         info = read_volume_info(item[key], read_data=read_data)
         _check_dims(info, key)
+        _check_affine(info)
         infos[key] = info
         ref = infos[ref_key]
         problem = grid_mismatch(info.shape[:3], info.affine, ref.shape[:3], ref.affine)
@@ -338,6 +350,22 @@ def write_datalist(path: PathLike, doc: Mapping[str, Any], overwrite: bool = Fal
     return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
 
 
+def generated_dataset_settings(folder: PathLike) -> dict[str, Any] | None:
+    """What :func:`write_dataset` recorded about the dataset in ``folder`` (for the built-in datasets: ``kind``,
+    ``n_train``, ``n_test``, ``size``, ``seed``), or ``None`` when ``folder`` holds no dataset written by it.
+
+    Example:
+        >>> generated_dataset_settings("data/mni")["kind"]  # doctest: +SKIP
+        'mni'
+    """
+    path = Path(folder) / DATASET_JSON
+    try:
+        marker = json.loads(path.read_text()).get(MARKER)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
 def is_generated_dataset(folder: PathLike) -> bool:
     """Whether ``folder`` holds a ``dataset.json`` written by :func:`write_dataset`.
 
@@ -345,11 +373,7 @@ def is_generated_dataset(folder: PathLike) -> bool:
         >>> is_generated_dataset("data/mni")  # doctest: +SKIP
         True
     """
-    path = Path(folder) / DATASET_JSON
-    try:
-        return isinstance(json.loads(path.read_text()).get(MARKER), dict)
-    except (OSError, ValueError, AttributeError):
-        return False
+    return generated_dataset_settings(folder) is not None
 
 
 def _listed_files(folder: Path) -> set[Path]:

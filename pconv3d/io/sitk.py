@@ -238,7 +238,12 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any], overwrite: bool =
         raise FileExistsError(f"{path}: already exists; not overwriting it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        write(tmp / path.name)
+        try:
+            write(tmp / path.name)
+        except OSError as e:
+            if e.filename is None:  # a failed write() names no file: name the one being written
+                e.filename = str(path)
+            raise
         produced = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)
         if path.name not in {p.name for p in produced}:
             raise RuntimeError(f"{path}: the writer produced no file")

@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_DROP_SLICES",
     "DEFAULT_MASK_REGIONS",
     "DEFAULT_AFFINE",
+    "load_transforms",
     "train_transforms",
     "infer_transforms",
     "invert_transforms",
@@ -126,6 +127,22 @@ def _interpolate(axis: int | None) -> list[MapTransform]:
     """Optional last step: interpolate missing slices (baseline networks without a mask). Last, because
     masked normalization and the final hole filling set holes to 0."""
     return [] if axis is None else [InterpolateSlicesd(IMAGE, mask_key=MASK, axis=axis)]
+
+
+def load_transforms(reader: ImageReader | str | None = None, mask_options: Mapping[str, Any] | None = None) -> Compose:
+    """Steps 1-2 alone: load, channel first, grid check and mask derivation, on each file's own grid; what
+    checks of a dataset read before training or inference start.
+
+    Args:
+        reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
+        mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd`.
+
+    Example:
+        >>> d = load_transforms()({"image": "img.nii.gz", "label": "seg.nii.gz"})  # doctest: +SKIP
+        >>> d["image"].shape, d["mask"].shape  # doctest: +SKIP
+        (torch.Size([1, 48, 48, 48]), torch.Size([1, 48, 48, 48]))
+    """
+    return Compose(_load(reader, mask_options))
 
 
 def train_transforms(

@@ -1,0 +1,130 @@
+"""Output folders of the command line: checked before any work, never two runs mixed in one, nothing left
+behind by a command that failed.
+
+* :func:`check_writable` asks whether files can be created in a folder without creating it;
+* :func:`removed_if_failed` removes the folders a failed command created, when they are still empty;
+* :func:`prepare_training_output` is the rule for a training folder: a new run needs a folder without an
+  earlier run (``overwrite`` removes that run whole), ``resume`` needs the earlier run's ``last.pt`` and
+  a network of the same architecture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from pipelines.errors import CLIError
+from pipelines.handlers import LAST, RUN_FILES, check_architecture, load_checkpoint
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise a :class:`CLIError` unless files can be created in ``folder``, probing the folder or, when it does
+    not exist yet, its nearest existing parent; creates nothing that stays."""
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CLIError(f"output folder {folder} is not writable ({probe} is a file)")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise CLIError(f"output folder {folder} is not writable ({e.strerror})") from None
+
+
+def _missing_top(folder: Path) -> Path | None:
+    """The outermost folder on the way to ``folder`` that does not exist yet (``None`` if it exists)."""
+    folder = folder.absolute()
+    if folder.exists():
+        return None
+    top = folder
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def _remove_empty_tree(top: Path) -> None:
+    """Remove ``top`` and the folders below it, bottom up, as long as they hold no file."""
+    if not top.is_dir():
+        return
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            return  # holds a file: keep it and everything above
+
+
+@contextmanager
+def removed_if_failed(*folders: str | os.PathLike | None) -> Iterator[None]:
+    """Run a block that writes into ``folders``; if it fails (Ctrl-C included), the folders it created are
+    removed again while they hold no file, so a failed command leaves no empty output folder behind."""
+    tops = [top for f in folders if f is not None and (top := _missing_top(Path(f))) is not None]
+    try:
+        yield
+    except BaseException:
+        for top in tops:
+            _remove_empty_tree(top)
+        raise
+
+
+def earlier_run_files(folder: str | os.PathLike) -> list[str]:
+    """Names of the files and folders of a training run (``last.pt``, ``best.pt``, logs) present in ``folder``."""
+    folder = Path(folder)
+    return [name for name in RUN_FILES if (folder / name).exists()]
+
+
+def remove_run(folder: str | os.PathLike) -> None:
+    """Remove the training run in ``folder`` whole (its files and folders, nothing else there)."""
+    folder = Path(folder)
+    for name in earlier_run_files(folder):
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def completed_epochs(folder: str | os.PathLike) -> int:
+    """Epochs the run in ``folder`` has completed, from its ``last.pt`` (0 when there is none)."""
+    path = Path(folder) / LAST
+    return int(load_checkpoint(path).get("trainer", {}).get("epoch", 0)) if path.is_file() else 0
+
+
+def prepare_training_output(
+    output_dir: str | os.PathLike,
+    resume: bool,
+    overwrite: bool,
+    network: torch.nn.Module,
+    epochs: int,
+) -> None:
+    """Check, before training starts, that ``output_dir`` can take this run; with ``overwrite``, remove an
+    earlier run there. Raises a :class:`CLIError` that says how to go on otherwise.
+
+    Args:
+        output_dir: the training output folder.
+        resume: continue the run whose ``last.pt`` is in ``output_dir``.
+        overwrite: replace an earlier run in ``output_dir``.
+        network: the configured network; on ``resume`` the checkpoint must hold its architecture.
+        epochs: the total number of epochs asked for.
+    """
+    out = Path(output_dir)
+    check_writable(out)
+    if resume and overwrite:
+        raise CLIError("--resume continues the run in the output folder and --overwrite replaces it: give one of them")
+    if resume:
+        last = out / LAST
+        if not last.is_file():
+            raise CLIError(f"nothing to resume: {last} does not exist (train without --resume to start a new run)")
+        check_architecture(network, load_checkpoint(last)["network"], last)
+        done = completed_epochs(out)
+        if epochs < done:
+            raise CLIError(f"--epochs {epochs} is fewer than the {done} epochs {last} has already completed")
+        return
+    present = earlier_run_files(out)
+    if present and not overwrite:
+        raise CLIError(f"{out} already holds a training run ({', '.join(present)}); pass --resume to continue it, "
+                       "--overwrite to replace it, or choose another --output")
+    remove_run(out)
