@@ -9,8 +9,11 @@ argument, a missing, unreadable or inconsistent file, a full or read-only disk. 
 from __future__ import annotations
 
 import errno
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -47,10 +50,51 @@ def user_message(e: BaseException) -> str | None:
     return " ".join(text.split()) or type(cause).__name__
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, raised by :func:`run_reporting_errors`'s SIGINT handler instead of a plain ``KeyboardInterrupt``.
+
+    A plain one that passes through ``eval`` (MONAI evaluates config expressions such as ``$@trainer.run()``
+    with it) leaves CPython marked as interrupted, and at exit it kills itself with SIGINT whatever the exit
+    code, even when the interrupt was caught. That mark is set for ``KeyboardInterrupt`` itself, not for a
+    subclass, so code that catches ``KeyboardInterrupt`` still sees this one."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted()
+
+
+@contextmanager
+def _sigint_raises_interrupted() -> Iterator[None]:
+    """Ctrl-C raises :class:`Interrupted` while the block runs. One that lands in a finalizer or a weakref
+    callback, where Python ignores exceptions, is delivered again rather than printed and lost."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # only the main thread may set handlers; an ignored or custom SIGINT stays as it is
+        return
+    previous_hook, main = sys.unraisablehook, threading.main_thread().ident
+
+    def redeliver(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            # a moment later, from another thread: it then arrives after this finalizer, in code that can raise
+            timer = threading.Timer(0.1, signal.pthread_kill, args=(main, signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+        else:
+            previous_hook(unraisable)
+
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    sys.unraisablehook = redeliver
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = previous_hook
+
+
 def run_reporting_errors(command: str, func: Callable[[], int | None]) -> int:
     """Run ``func`` for subcommand ``command``; user errors and Ctrl-C become one line on stderr and an exit code."""
     try:
-        return int(func() or 0)
+        with _sigint_raises_interrupted():
+            return int(func() or 0)
     except KeyboardInterrupt:
         print(f"pconv3d {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

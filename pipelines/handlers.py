@@ -250,7 +250,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors all mean "not a checkpoint we can read"
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {(str(e).splitlines() or ['empty or cut short'])[0][:200]})") from None
     if not isinstance(ckpt, dict) or "network" not in ckpt:
         raise ValueError(f"{path} is not a pconv3d checkpoint (expected a dict with the network's weights under 'network')")
     return ckpt

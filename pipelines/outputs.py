@@ -90,7 +90,10 @@ def remove_run(folder: str | os.PathLike) -> None:
 def completed_epochs(folder: str | os.PathLike) -> int:
     """Epochs the run in ``folder`` has completed, from its ``last.pt`` (0 when there is none)."""
     path = Path(folder) / LAST
-    return int(load_checkpoint(path).get("trainer", {}).get("epoch", 0)) if path.is_file() else 0
+    if not path.is_file():
+        return 0
+    state = load_checkpoint(path).get("trainer", {})  # ignite keeps the iteration, and the epoch only sometimes
+    return int(state["epoch"]) if "epoch" in state else int(state.get("iteration", 0)) // max(int(state.get("epoch_length") or 1), 1)
 
 
 def prepare_training_output(

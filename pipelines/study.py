@@ -32,7 +32,8 @@ from pconv3d.io.sitk import atomic_write
 from pconv3d.transforms.recipes import infer_transforms
 from pipelines.bundle import run_workflow
 from pipelines.config import config_path
-from pipelines.handlers import network_from_checkpoint
+from pipelines.handlers import BEST, LAST, network_from_checkpoint
+from pipelines.outputs import completed_epochs
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 PATTERNS = ("random", "regular", "block")
@@ -85,11 +86,13 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seed: int
     for name, method in METHODS.items():
         run_dir = out / method["slug"]
         t = time.perf_counter()
-        if not (run_dir / "best.pt").exists():
+        if completed_epochs(run_dir) < epochs or not (run_dir / BEST).exists():  # else reuse the complete training
+            resume = (run_dir / LAST).is_file()  # an interrupted study continues where it stopped
             run_workflow(["train.yaml"], {"dataset_dir": str(data), "output_dir": str(run_dir), "epochs": epochs,
-                                          "seed": seed, "progress": False, **_overrides(method)}, [])
+                                          "seed": seed, "progress": False, "resume": resume, "overwrite": not resume,
+                                          **_overrides(method)}, [])
         print(f"{name}: trained in {time.perf_counter() - t:.0f} s", flush=True)
-        network = network_from_checkpoint(run_dir / "best.pt")
+        network = network_from_checkpoint(run_dir / BEST)
         for pattern in PATTERNS:
             for fraction in FRACTIONS:
                 dice = evaluate_method(network, method, cases, fraction, pattern, len(classes), train_cfg["patch_size"])

@@ -16,32 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from pconv3d.data import make_dataset
 from pipelines.cli import main
 from pipelines.handlers import load_checkpoint
-
-TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]",
-        "--val_interval", "1", "--progress", "false", "--num_val", "1"]
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantom")
-    make_dataset("phantom", out, n_train=3, n_test=2, size=24, seed=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train")
-    assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "2", *TINY]) == 0
-    return out
-
-
-def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
+from tests.cli_helpers import ROOT, TINY, files_under
 
 def test_train_writes_loadable_checkpoints_and_logs(trained):
     best, last = load_checkpoint(trained / "best.pt"), torch.load(trained / "last.pt", weights_only=True)

@@ -241,7 +241,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any], overwrite: bool =
         try:
             write(tmp / path.name)
         except OSError as e:
-            if e.filename is None:  # a failed write() names no file: name the one being written
+            if e.errno is not None and e.filename is None:  # a failed write() names no file: name this one
                 e.filename = str(path)
             raise
         produced = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)
