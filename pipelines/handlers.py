@@ -1,14 +1,20 @@
-"""Ignite handlers for the training workflow: atomic checkpoints, resume, and a per-epoch metrics log.
+"""Ignite handlers for a training run folder: MONAI's checkpoint and metric handlers, with what they lack here.
 
-Checkpoints are plain dicts loadable with ``torch.load(weights_only=True)``:
+* :class:`RunCheckpointSaver` is MONAI's ``CheckpointSaver`` writing ``last.pt`` after every epoch and
+  ``best.pt`` on a better validation metric under fixed names, atomically: MONAI's saver deletes the old
+  file before writing the new one, so a full disk or a kill in between loses both. Both files also record
+  the network's config (so ``pconv3d infer`` can rebuild it) and the best metric so far (so ``--resume``
+  keeps the best of the run). The final weights become ``best.pt`` if no validation ever ran.
+* :class:`RunCheckpointLoader` is MONAI's ``CheckpointLoader`` for ``--resume``: it restores the trainer itself
+  (a config cannot name the trainer inside the trainer's own handlers) and stretches the learning-rate
+  schedule when the run was resumed with more epochs.
+* :class:`MetricsLog` is MONAI's ``MetricLogger`` that also writes the per-epoch history to ``metrics.csv``
+  and ``metrics.json`` after every epoch: MONAI keeps that history in memory only, and its ``MetricsSaver``
+  writes the last evaluation alone. Its state travels in the checkpoints, so a resumed run continues it.
 
-* ``last.pt`` after every epoch: network, optimizer, scheduler and trainer state plus the best metric so far,
-  so ``--resume`` loses no completed epoch;
-* ``best.pt`` when the validation metric improves: network weights, the network's config (so
-  ``pconv3d infer`` can rebuild it) and the metric; the final weights if no validation ever ran.
-
-Every file is written to a temporary file in the same folder and renamed over the target, so a run killed
-at any moment leaves either the previous or the new file, never a partial one. Only rank 0 writes.
+Checkpoints are plain dicts loadable with ``torch.load(weights_only=True)``. Every file is written to a
+temporary file in the same folder and renamed over the target, so a run killed at any moment leaves either
+the previous or the new file, never a partial one. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -26,14 +31,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.bundle import ConfigParser
-from monai.handlers import from_engine
+from monai.handlers import CheckpointLoader, CheckpointSaver, MetricLogger, from_engine
+from monai.handlers.metric_logger import MetricLoggerKeys
 
 from pconv3d.io.sitk import atomic_write
 
 LAST, BEST = "last.pt", "best.pt"
+METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 # everything a training run writes into its folder: one run's files, never mixed with another's
-RUN_FILES = (LAST, BEST, "metrics.json", "metrics.csv", "tensorboard")
+RUN_FILES = (LAST, BEST, METRICS_JSON, METRICS_CSV, "tensorboard")
 # learning-rate scheduler attributes that hold the planned length of training
 _SCHEDULE_LENGTHS = ("T_max", "total_iters")
 
@@ -58,7 +66,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def remove_stale_temporaries(folder: Path) -> None:
     """Temporary folders a killed run left behind (``atomic_write`` names them ``.<file>.<random>.tmp``)."""
-    for name in (LAST, BEST, "metrics.json", "metrics.csv"):
+    for name in RUN_FILES:
         for stale in folder.glob(f".{name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -67,98 +75,113 @@ def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
 
 
-class CheckpointHandler:
-    """Writes ``last.pt`` every epoch and ``best.pt`` on a better validation metric; resumes from ``last.pt``.
+class _AtomicFile(BaseSaveHandler):
+    """Ignite save handler for one fixed file: replaced atomically by each save, never removed before it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if is_main_process():
+            atomic_save(checkpoint, self.path)
+
+    def remove(self, filename: str) -> None:
+        pass  # the next save replaces the file; removing it first would lose it if that save fails
+
+
+class _Record:
+    """A plain dict saved under its own key of a checkpoint (ignite saves objects with a ``state_dict``)."""
+
+    def __init__(self, value: Mapping[str, Any]) -> None:
+        self.value = dict(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.value
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.value = dict(state)
+
+
+class RunCheckpointSaver(CheckpointSaver):
+    """``last.pt`` after every epoch and ``best.pt`` on a better validation metric (see the module doc).
 
     Args:
-        save_dir: output folder.
-        network: the trained network (DDP-wrapped or not).
-        optimizer: its optimizer.
-        network_def: the network's config (a ``_target_`` dict of plain values, or that dict as JSON), stored in
-            the checkpoints so ``pconv3d infer`` can rebuild the network; ``None`` leaves that to the
-            inference config.
-        lr_scheduler: optional scheduler, saved and restored with the rest.
-        evaluator: engine whose ``metric_name`` decides ``best.pt``.
-        metric_name: key of ``evaluator.state.metrics``.
-        resume: load ``save_dir/last.pt`` (if present) before training starts.
+        save_dir: the run folder.
+        save_dict: objects to save, as for MONAI's ``CheckpointSaver`` (``network``, ``optimizer``,
+            ``lr_scheduler``, ...); a DDP-wrapped network is saved unwrapped. The trainer and this saver's
+            best-metric record are added when it is attached.
+        network_def: the network's config (a ``_target_`` dict of plain values, or that dict as JSON), stored
+            under ``network_def``; ``None`` leaves the architecture to the inference config.
+        evaluator: the engine whose ``key_metric_name`` decides ``best.pt``.
+        key_metric_name: key of ``evaluator.state.metrics``.
+
+    Example::
+
+        >>> saver = RunCheckpointSaver("runs/a", {"network": net, "optimizer": opt}, evaluator=evaluator)  # doctest: +SKIP
+        >>> saver.attach(trainer)  # doctest: +SKIP
     """
 
     def __init__(
         self,
         save_dir: str,
-        network: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
+        save_dict: dict[str, Any],
         network_def: Mapping[str, Any] | str | None = None,
-        lr_scheduler: Any = None,
         evaluator: Engine | None = None,
-        metric_name: str = "val_mean_dice",
-        resume: bool = False,
+        key_metric_name: str = "val_mean_dice",
     ) -> None:
-        self.save_dir = Path(save_dir)
-        self.network = network
-        self.optimizer = optimizer
-        self.network_def = json.loads(network_def) if isinstance(network_def, str) else network_def
-        self.lr_scheduler = lr_scheduler
+        save_dict = {k: _unwrap(v) if isinstance(v, torch.nn.Module) else v for k, v in save_dict.items()}
+        if network_def is not None:
+            save_dict["network_def"] = _Record(json.loads(network_def) if isinstance(network_def, str) else network_def)
+        super().__init__(save_dir, save_dict, save_key_metric=evaluator is not None, key_metric_name=key_metric_name,
+                         key_metric_filename=BEST, save_interval=1, n_saved=1, epoch_level=True)
+        self._interval_checkpoint.save_handler = _AtomicFile(Path(save_dir) / LAST)
+        if self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.save_handler = _AtomicFile(Path(save_dir) / BEST)
         self.evaluator = evaluator
-        self.metric_name = metric_name
-        self.resume = resume
-        self.best = -math.inf
-        self.trainer: Engine | None = None
 
-    def attach(self, trainer: Engine) -> None:
-        self.trainer = trainer
-        trainer.add_event_handler(Events.STARTED, self._load)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save_last)
-        if self.evaluator is not None:
-            self.evaluator.add_event_handler(Events.COMPLETED, self._save_best)
-        trainer.add_event_handler(Events.COMPLETED, self._save_final_if_never_validated)
+    def state_dict(self) -> dict[str, Any]:
+        """The best-metric record (MONAI restores it with ``load_state_dict``), saved in ``last.pt`` too."""
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
 
-    def _states(self) -> dict[str, Any]:
-        states = {"network": _unwrap(self.network).state_dict(), "optimizer": self.optimizer.state_dict()}
-        if self.lr_scheduler is not None:
-            states["lr_scheduler"] = self.lr_scheduler.state_dict()
-        return states
-
-    def _load(self, trainer: Engine) -> None:
+    def attach(self, engine: Engine) -> None:
+        self.save_dict["trainer"] = engine
+        if self._key_metric_checkpoint is not None:
+            self.save_dict["checkpointer"] = self
         if is_main_process():
-            remove_stale_temporaries(self.save_dir)
-        path = self.save_dir / LAST
-        if not self.resume or not path.exists():
-            return
-        ckpt = load_checkpoint(path)
-        _unwrap(self.network).load_state_dict(ckpt["network"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        note = ""
-        if self.lr_scheduler is not None and "lr_scheduler" in ckpt:
-            planned = self.lr_scheduler.state_dict()
-            self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            note = stretch_schedule(self.lr_scheduler, planned)
-        self.best = ckpt.get("best_metric", -math.inf)
-        max_epochs = trainer.state.max_epochs
-        trainer.load_state_dict({**ckpt["trainer"], "max_epochs": max_epochs})
-        trainer.state.max_epochs = max_epochs
-        print(f"resumed from {path} at epoch {trainer.state.epoch} of {max_epochs}{note}", flush=True)
+            remove_stale_temporaries(Path(self.save_dir))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.interval_completed)
+        if self.evaluator is not None:  # best.pt when a validation run completes
+            self.evaluator.add_event_handler(Events.COMPLETED, self.metrics_completed)
+        engine.add_event_handler(Events.COMPLETED, self._final_weights_if_never_validated)
 
-    def _save_last(self, trainer: Engine) -> None:
-        if is_main_process():
-            atomic_save({**self._states(), "trainer": trainer.state_dict(), "best_metric": self.best,
-                         "network_def": self.network_def}, self.save_dir / LAST)
+    def _final_weights_if_never_validated(self, engine: Engine) -> None:
+        best = Path(self.save_dir) / BEST
+        if is_main_process() and not best.exists():
+            atomic_save({k: v.state_dict() for k, v in self.save_dict.items()}, best)
 
-    def _write_best(self, metric: float | None) -> None:
-        if is_main_process():
-            epoch = self.trainer.state.epoch if self.trainer is not None else 0
-            atomic_save({"network": _unwrap(self.network).state_dict(), "network_def": self.network_def,
-                         "metric": {self.metric_name: metric}, "epoch": epoch}, self.save_dir / BEST)
 
-    def _save_best(self, evaluator: Engine) -> None:
-        metric = float(evaluator.state.metrics.get(self.metric_name, -math.inf))
-        if metric > self.best:
-            self.best = metric
-            self._write_best(metric)
+class RunCheckpointLoader(CheckpointLoader):
+    """Restores a run from its ``last.pt`` when training starts (``--resume``); see the module doc.
 
-    def _save_final_if_never_validated(self, trainer: Engine) -> None:
-        if self.best == -math.inf and not (self.save_dir / BEST).exists():
-            self._write_best(None)
+    Args:
+        load_path: the run's ``last.pt``.
+        load_dict: objects to restore, as for MONAI's ``CheckpointLoader``; the trainer is added when attached.
+    """
+
+    def __init__(self, load_path: str, load_dict: dict[str, Any]) -> None:
+        super().__init__(load_path, {k: _unwrap(v) if isinstance(v, torch.nn.Module) else v for k, v in load_dict.items()},
+                         map_location="cpu")
+
+    def attach(self, engine: Engine) -> None:
+        self.load_dict["trainer"] = engine
+        super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        scheduler = self.load_dict.get("lr_scheduler")
+        planned = scheduler.state_dict() if scheduler is not None else {}
+        super().__call__(engine)
+        note = stretch_schedule(scheduler, planned) if scheduler is not None else ""
+        print(f"resumed from {self.load_path} at epoch {engine.state.epoch} of {engine.state.max_epochs}{note}", flush=True)
 
 
 def stretch_schedule(scheduler: Any, planned: Mapping[str, Any]) -> str:
@@ -188,58 +211,68 @@ def stretch_schedule(scheduler: Any, planned: Mapping[str, Any]) -> str:
             f"learning rate now {lrs[0]:.3g}")
 
 
-class MetricsLog:
-    """Appends one row per epoch (loss, learning rate, validation metrics) to ``metrics.csv`` and ``metrics.json``.
+class MetricsLog(MetricLogger):
+    """MONAI's ``MetricLogger`` that writes one row per epoch (mean loss, learning rate, validation metrics) to
+    ``metrics.csv`` and ``metrics.json`` after every epoch; put it in the checkpoints' ``save_dict`` and
+    ``--resume`` continues its history.
 
     Args:
-        save_dir: output folder.
+        save_dir: the run folder.
         optimizer: read for the learning rate.
-        evaluator: its ``state.metrics`` are logged for the epochs it ran.
+        evaluator: its metrics are logged at the epochs it ran.
     """
 
     def __init__(self, save_dir: str, optimizer: torch.optim.Optimizer, evaluator: Engine | None = None) -> None:
+        loss = from_engine(["loss"], first=True)
+        super().__init__(loss_transform=lambda output: float(loss(output)), metric_transform=float, evaluator=evaluator)
         self.save_dir = Path(save_dir)
         self.optimizer = optimizer
-        self.evaluator = evaluator
-        self.rows: list[dict[str, Any]] = []
-        self._losses: list[float] = []
-        self._metrics: dict[str, float] = {}
+        self.epoch_length = 1
+        self.lrs: dict[int, float] = {}
 
-    def attach(self, trainer: Engine) -> None:
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
         # after the validation handler, which runs the evaluator on the same event
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._write)
-        if self.evaluator is not None:
-            self.evaluator.add_event_handler(Events.COMPLETED, self._keep_metrics)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
-    def _earlier_rows(self, epoch: int) -> list[dict[str, Any]]:
-        """Rows of the epochs before ``epoch`` from an earlier run of this training (after ``--resume``)."""
-        path = self.save_dir / "metrics.json"
-        return [r for r in json.loads(path.read_text()) if r["epoch"] < epoch] if path.exists() and epoch > 1 else []
+    def state_dict(self) -> dict[str, Any]:
+        # plain keys and containers (MONAI's are an Enum and a defaultdict): checkpoints load with weights_only
+        return {"loss": list(self.loss), "metrics": {k: list(v) for k, v in self.metrics.items()},
+                "lr": dict(self.lrs), "epoch_length": self.epoch_length}
 
-    def _add_loss(self, trainer: Engine) -> None:
-        self._losses.append(float(from_engine(["loss"], first=True)(trainer.state.output)))
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict({MetricLoggerKeys.LOSS: list(state["loss"]), MetricLoggerKeys.METRICS: state["metrics"]})
+        self.lrs, self.epoch_length = dict(state["lr"]), state["epoch_length"]
 
-    def _keep_metrics(self, evaluator: Engine) -> None:
-        self._metrics = {k: float(v) for k, v in evaluator.state.metrics.items()}
+    def rows(self) -> list[dict[str, Any]]:
+        """The history, one dict per epoch."""
+        def epoch_of(iteration: int) -> int:  # the epoch whose last iteration ends at or after ``iteration``
+            return -(-iteration // self.epoch_length)
 
-    def _write(self, trainer: Engine) -> None:
-        row = {"epoch": trainer.state.epoch, "loss": sum(self._losses) / max(len(self._losses), 1),
-               "lr": self.optimizer.param_groups[0]["lr"], **self._metrics}
-        self._losses, self._metrics = [], {}
-        if not self.rows:
-            self.rows = self._earlier_rows(trainer.state.epoch)
-        self.rows.append(row)
+        rows = {e: {"epoch": e, "lr": lr} for e, lr in sorted(self.lrs.items())}
+        for epoch, row in rows.items():
+            losses = [float(v) for it, v in self.loss if epoch_of(it) == epoch]
+            row["loss"] = sum(losses) / max(len(losses), 1)
+        for name, values in self.metrics.items():
+            for it, v in values:
+                if epoch_of(it) in rows:
+                    rows[epoch_of(it)][name] = float(v)
+        return list(rows.values())
+
+    def _write(self, engine: Engine) -> None:
+        self.epoch_length = engine.state.epoch_length
+        self.lrs[engine.state.epoch] = self.optimizer.param_groups[0]["lr"]
         if not is_main_process():
             return
+        rows = self.rows()
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(self.save_dir / "metrics.json", json.dumps(self.rows, indent=1))
-        fields = sorted({k for r in self.rows for k in r}, key=lambda k: (k != "epoch", k))
+        _write_text_atomic(self.save_dir / METRICS_JSON, json.dumps(rows, indent=1))
+        fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "epoch", k))
         text = io.StringIO()
         writer = csv.DictWriter(text, fields)
         writer.writeheader()
-        writer.writerows(self.rows)
-        _write_text_atomic(self.save_dir / "metrics.csv", text.getvalue())
+        writer.writerows(rows)
+        _write_text_atomic(self.save_dir / METRICS_CSV, text.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -289,5 +322,5 @@ def network_from_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     return load_network(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), path)
 
 
-__all__ = ["CheckpointHandler", "MetricsLog", "atomic_save", "load_checkpoint", "check_architecture", "load_network",
+__all__ = ["RunCheckpointSaver", "RunCheckpointLoader", "MetricsLog", "atomic_save", "load_checkpoint", "check_architecture", "load_network",
            "network_from_checkpoint", "stretch_schedule", "is_main_process", "LAST", "BEST", "RUN_FILES"]

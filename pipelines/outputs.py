@@ -87,9 +87,11 @@ def remove_run(folder: str | os.PathLike) -> None:
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def completed_epochs(folder: str | os.PathLike) -> int:
-    """Epochs the run in ``folder`` has completed, from its ``last.pt`` (0 when there is none)."""
-    path = Path(folder) / LAST
+def completed_epochs(path: str | os.PathLike) -> int:
+    """Epochs completed when a checkpoint was written: ``path`` is the checkpoint or a run folder (its
+    ``last.pt``); 0 when there is none."""
+    path = Path(path)
+    path = path / LAST if path.is_dir() else path
     if not path.is_file():
         return 0
     state = load_checkpoint(path).get("trainer", {})  # ignite keeps the iteration, and the epoch only sometimes

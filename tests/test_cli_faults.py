@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from pipelines.handlers import load_checkpoint
+from pipelines.outputs import completed_epochs
 from tests.cli_helpers import ROOT, TINY, cli, files_under
 
 
@@ -68,7 +69,7 @@ def test_train_into_an_earlier_run_is_refused_and_overwrite_replaces_it_whole(da
     assert code == 0
     rows = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1]  # this run's only
-    assert load_checkpoint(out / "best.pt")["epoch"] == 1  # best of this run, not the earlier one's
+    assert completed_epochs(out / "best.pt") == 1  # best of this run, not the earlier one's
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (out / "notes.txt").read_text() == "mine"
 

@@ -24,7 +24,7 @@ def test_train_writes_loadable_checkpoints_and_logs(trained):
     best, last = load_checkpoint(trained / "best.pt"), torch.load(trained / "last.pt", weights_only=True)
     assert best["network_def"]["_target_"] == "pconv3d.networks.PartialUNet"
     assert best["network_def"]["channels"] == [4, 8, 16]
-    assert {"network", "optimizer", "lr_scheduler", "trainer", "best_metric"} <= set(last)
+    assert {"network", "optimizer", "lr_scheduler", "trainer", "checkpointer", "metrics_log", "network_def"} <= set(last)
     rows = json.loads((trained / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2] and all("val_mean_dice" in r for r in rows)
     assert (trained / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")

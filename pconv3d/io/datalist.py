@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from monai.config import PathLike
+from monai.data import load_decathlon_datalist
 
 from pconv3d.io.sitk import SUFFIXES, _affine, _is_nifti, _itk_reason, atomic_write, check_nifti_complete, save_volume
 
@@ -224,16 +225,12 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
-def _resolve(base: Path, value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: expected a file path, got {value!r}")
-    return str((base / value).resolve()) if not os.path.isabs(value) else value
-
-
 def load_datalist(
     path: PathLike, section: str = "training", base_dir: PathLike | None = None, check_files: bool = True
 ) -> list[dict[str, str]]:
-    """Read one section of an MSD-style ``dataset.json`` as a list of ``{"image", "label"?, "mask"?}`` dicts.
+    """Read one section of an MSD-style ``dataset.json`` as a list of ``{"image", "label"?, "mask"?}`` dicts:
+    MONAI's ``load_decathlon_datalist``, after checks that name the entry at fault, with ``mask`` paths resolved
+    like the others and every listed file checked to exist.
 
     Args:
         path: the JSON file.
@@ -254,20 +251,23 @@ def load_datalist(
     if not isinstance(doc.get(section), list):
         lists = [k for k, v in doc.items() if isinstance(v, list)]
         raise ValueError(f"{path}: no '{section}' list (lists present: {lists or 'none'})")
-    base = Path(base_dir) if base_dir is not None else path.parent
-    items = []
-    for i, entry in enumerate(doc[section]):
+    for i, entry in enumerate(doc[section]):  # clear errors first: MONAI's reader assumes a well-formed file
         where = f"{path}: {section}[{i}]"
         entry = {"image": entry} if isinstance(entry, str) else entry
         if not isinstance(entry, dict) or "image" not in entry:
             raise ValueError(f"{where}: expected a path or a dict with 'image', got {entry!r}")
-        item = dict(entry)
+        for key in KEYS:
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise ValueError(f"{where}.{key}: expected a file path, got {entry[key]!r}")
+    base = Path(base_dir if base_dir is not None else path.parent).resolve()
+    items = load_decathlon_datalist(path, True, section, base) if doc[section] else []
+    for i, item in enumerate(items):
         for key in KEYS:
             if item.get(key) is not None:
-                item[key] = _resolve(base, item[key], f"{where}.{key}")
+                # MONAI joins other keys than image and label (our masks) to the base only when the file exists
+                item[key] = str(Path(item[key]) if os.path.isabs(item[key]) else base / item[key])
                 if check_files and not Path(item[key]).is_file():
-                    raise FileNotFoundError(f"{where}.{key}: {item[key]} does not exist")
-        items.append(item)
+                    raise FileNotFoundError(f"{path}: {section}[{i}].{key}: {item[key]} does not exist")
     return items
 
 
