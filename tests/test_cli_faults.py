@@ -333,7 +333,7 @@ def test_ctrl_c_is_one_line_and_exit_130(dataset, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not (out / "metrics.json").exists():
+    while time.time() < deadline and not (out / "last.pt").exists():
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
