@@ -2,29 +2,26 @@
 
 Predictions ``<name>_seg<ext>`` (as ``pconv3d infer`` writes them) are matched to labels ``<name><ext>`` in a
 folder, or to the ``label`` entries of a ``dataset.json`` section. Distances are in millimetres (the label's
-voxel spacing). Writes ``metrics.csv`` (one row per case and class) and ``summary.json`` atomically, prints
-the mean per class.
+voxel spacing). Scores come from :mod:`pipelines.evaluation`; MONAI's reports (``metrics.csv``,
+``dice_raw.csv``/``hd95_raw.csv`` per case, ``dice_summary.csv``/``hd95_summary.csv`` per class) are written
+atomically, and the mean per class is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.transforms import LoadImage
 
 from pconv3d.io.datalist import grid_mismatch, load_datalist, load_folder, read_volume_info
-from pconv3d.io.sitk import atomic_write
 from pconv3d.io.save import output_path
 from pipelines.arguments import positive_int
 from pipelines.errors import CLIError
+from pipelines.evaluation import REPORT_FILES, score_case, stack_scores, summary, write_reports
 from pipelines.inputs import check_label_values
 from pipelines.outputs import check_writable, removed_if_failed
 
@@ -60,8 +57,8 @@ def pair_cases(pred_dir: str, labels: str, section: str = "test") -> list[tuple[
     return pairs
 
 
-def case_metrics(pred_file: str, label_file: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and HD95 (mm) per foreground class for one case; NaN where a class is absent from both.
+def case_scores(pred_file: str, label_file: str, num_classes: int) -> dict[str, np.ndarray]:
+    """Dice and HD95 (mm) per foreground class for one case (:func:`pipelines.evaluation.score_case`).
 
     The prediction must lie on its label's grid (shape and affine: a shifted or flipped prediction is refused,
     not scored) and both must hold class indices ``0 .. num_classes - 1``."""
@@ -75,26 +72,13 @@ def case_metrics(pred_file: str, label_file: str, num_classes: int) -> tuple[np.
         raise CLIError(f"{pred_file}: shape {tuple(pred.shape)} differs from its label {label_file} {tuple(label.shape)}")
     for volume, path in ((pred, pred_file), (label, label_file)):
         check_label_values(volume, path, num_classes)
-    spacing = [float(s) for s in np.sqrt((np.asarray(label.affine)[:3, :3] ** 2).sum(0))]
-    onehot = [torch.nn.functional.one_hot(t[0].long(), num_classes).movedim(-1, 0)[None] for t in (pred, label)]
-    dice = compute_dice(*onehot, include_background=False, ignore_empty=True)[0]
-    hd95 = compute_hausdorff_distance(*onehot, include_background=False, percentile=95, spacing=spacing)[0]
-    return dice.numpy(), hd95.numpy()
+    spacing = np.sqrt((np.asarray(label.affine)[:3, :3] ** 2).sum(0))
+    return score_case(pred[0].as_tensor(), label[0].as_tensor(), num_classes, spacing=spacing)
 
 
-def evaluate(pairs: Sequence[tuple[str, str]], class_names: Sequence[str]) -> tuple[list[dict], dict]:
-    rows = []
-    for pred, label in pairs:
-        dice, hd95 = case_metrics(pred, label, len(class_names))
-        for c, name in enumerate(class_names[1:]):
-            rows.append({"case": Path(label).name, "class": name, "dice": float(dice[c]), "hd95_mm": float(hd95[c])})
-    summary = {}
-    for name in class_names[1:]:
-        d = np.array([r["dice"] for r in rows if r["class"] == name])
-        h = np.array([r["hd95_mm"] for r in rows if r["class"] == name])
-        summary[name] = {"dice": float(np.nanmean(d)), "dice_std": float(np.nanstd(d)),
-                         "hd95_mm": float(np.nanmean(h[np.isfinite(h)])) if np.isfinite(h).any() else float("nan")}
-    return rows, summary
+def evaluate(pairs: Sequence[tuple[str, str]], class_names: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Case names and ``{metric: (cases, foreground classes)}`` scores of (prediction, label) file pairs."""
+    return [Path(label).name for _, label in pairs], stack_scores([case_scores(p, l, len(class_names)) for p, l in pairs])
 
 
 def class_names_for(labels: str, given: Sequence[str] | None, pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -108,23 +92,18 @@ def class_names_for(labels: str, given: Sequence[str] | None, pairs: Sequence[tu
     return [str(i) for i in range(top + 1)]
 
 
-def format_table(summary: dict) -> str:
+def format_table(scores: dict[str, np.ndarray], class_names: Sequence[str]) -> str:
+    """Markdown table of the mean Dice ± sd and mean HD95 per foreground class."""
     lines = ["| class | Dice (mean ± sd) | HD95 (mm) |", "|---|---|---|"]
-    lines += [f"| {n} | {s['dice']:.3f} ± {s['dice_std']:.3f} | {s['hd95_mm']:.2f} |" for n, s in summary.items()]
+    for name, s in summary(scores, class_names[1:]).items():
+        lines.append(f"| {name} | {s['dice']:.3f} ± {s['dice_sd']:.3f} | {s['hd95']:.2f} |")
     return "\n".join(lines)
 
 
-RESULT_FILES = ("metrics.csv", "summary.json")
-
-
-def write_results(out_dir: Path, rows: list[dict], summary: dict, overwrite: bool) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, ["case", "class", "dice", "hd95_mm"])
-    writer.writeheader()
-    writer.writerows(rows)
+def write_results(out_dir: Path, cases: list[str], class_names: Sequence[str], scores: dict[str, np.ndarray],
+                  overwrite: bool) -> None:
     with removed_if_failed(out_dir):
-        atomic_write(out_dir / RESULT_FILES[0], lambda p: p.write_text(text.getvalue()), overwrite=overwrite)
-        atomic_write(out_dir / RESULT_FILES[1], lambda p: p.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
+        write_reports(out_dir, cases, class_names[1:], scores, overwrite=overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,14 +115,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.pred or not args.labels:
         raise CLIError("--pred and --labels are required (or --study)")
     out = Path(args.output or args.pred)
-    existing = [name for name in RESULT_FILES if (out / name).exists()]
+    existing = [name for name in REPORT_FILES if (out / name).exists()]
     if existing and not args.overwrite:
         raise CLIError(f"{out / existing[0]} already exists from an earlier evaluation; pass --overwrite to replace it, "
                        "or choose another --output")
     check_writable(out)
     pairs = pair_cases(args.pred, args.labels, args.section)
     names = class_names_for(args.labels, args.classes, pairs)
-    rows, summary = evaluate(pairs, names)
-    write_results(out, rows, summary, args.overwrite)
-    print(f"{len(pairs)} cases\n{format_table(summary)}\nper-case metrics: {out.resolve() / 'metrics.csv'}")
+    cases, scores = evaluate(pairs, names)
+    write_results(out, cases, names, scores, args.overwrite)
+    print(f"{len(pairs)} cases\n{format_table(scores, names)}\nper-case metrics: {out.resolve() / 'dice_raw.csv'}, "
+          f"{out.resolve() / 'hd95_raw.csv'}")
     return 0

@@ -164,9 +164,10 @@ def _run_parts(args: argparse.Namespace, out: Path, reuse: dict[str, bool], trai
     _step(5, "evaluation against the reference labels")
     labels = str(data_dir / DATASET_JSON)
     pairs = evaluate_cmd.pair_cases(str(pred_dir), labels)
-    rows, summary = evaluate_cmd.evaluate(pairs, evaluate_cmd.class_names_for(labels, None, pairs))
-    evaluate_cmd.write_results(pred_dir, rows, summary, overwrite=True)
-    print(evaluate_cmd.format_table(summary))
-    print(f"\ndone in {time.perf_counter() - start:.0f} s. per-case metrics: {pred_dir / 'metrics.csv'}; "
+    names = evaluate_cmd.class_names_for(labels, None, pairs)
+    cases, scores = evaluate_cmd.evaluate(pairs, names)
+    evaluate_cmd.write_results(pred_dir, cases, names, scores, overwrite=True)
+    print(evaluate_cmd.format_table(scores, names))
+    print(f"\ndone in {time.perf_counter() - start:.0f} s. per-case metrics: {pred_dir / 'dice_raw.csv'}; "
           f"training log: {train_dir / 'metrics.csv'}; model: {train_dir / BEST}")
     return 0

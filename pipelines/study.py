@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
-from monai.metrics import compute_dice
 
 from pconv3d.data import make_dataset
 from pconv3d.io.datalist import DATASET_JSON, is_generated_dataset, load_datalist
@@ -32,6 +31,7 @@ from pconv3d.io.sitk import atomic_write
 from pconv3d.transforms.recipes import infer_transforms
 from pipelines.bundle import run_workflow
 from pipelines.config import config_path
+from pipelines.evaluation import score_case
 from pipelines.handlers import BEST, LAST, network_from_checkpoint
 from pipelines.outputs import completed_epochs
 
@@ -67,9 +67,7 @@ def evaluate_method(network: torch.nn.Module, method: dict[str, Any], cases: lis
         x, m = d["image"][None].as_tensor(), d["mask"][None].as_tensor()
         kwargs = {"condition": m} if method["mask"] else {}
         logits = sliding_window_inference(x, roi, 4, network, overlap=0.25, **kwargs)
-        pred = torch.nn.functional.one_hot(logits.argmax(1), num_classes).movedim(-1, 1)
-        ref = torch.nn.functional.one_hot(d["label"][None, 0].long().as_tensor(), num_classes).movedim(-1, 1)
-        scores.append(compute_dice(pred, ref, include_background=False, ignore_empty=True)[0].numpy())
+        scores.append(score_case(logits[0].argmax(0), d["label"][0].as_tensor(), num_classes)["dice"])
     return np.stack(scores)
 
 

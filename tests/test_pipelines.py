@@ -87,8 +87,9 @@ def test_infer_keeps_shape_and_affine_and_never_touches_inputs(dataset, trained,
     assert files_under(dataset) == before
     # evaluation of those predictions: Dice in [0, 1], one row per case and class
     assert main(["evaluate", "--pred", str(out), "--labels", str(dataset / "dataset.json")]) == 0
-    lines = (out / "metrics.csv").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 3
+    lines = (out / "dice_raw.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 and lines[0].split(",")[1:] == ["body", "organ", "lesion", "mean"]
+    assert all(0 <= float(v) <= 1 for line in lines[1:] for v in line.split(",")[1:] if v != "nan")
 
 
 def test_infer_refuses_to_write_over_an_input(dataset, trained, tmp_path, capsys):
@@ -109,8 +110,10 @@ def test_evaluate_perfect_prediction_scores_one(dataset, tmp_path):
     for label in labels:
         (tmp_path / label.name.replace(".nii.gz", "_seg.nii.gz")).write_bytes(label.read_bytes())
     assert main(["evaluate", "--pred", str(tmp_path), "--labels", str(dataset / "labelsTs")]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert all(v["dice"] == pytest.approx(1.0) and v["hd95_mm"] == pytest.approx(0.0) for v in summary.values())
+    for metric, perfect in (("dice", 1.0), ("hd95", 0.0)):
+        rows = [line.split(",") for line in (tmp_path / f"{metric}_summary.csv").read_text().splitlines()]
+        mean = rows[0].index("mean")
+        assert [float(r[mean]) for r in rows[1:]] == pytest.approx([perfect] * (len(rows) - 1))
 
 
 def _bad_inputs(tmp_path: Path, dataset: Path) -> dict[str, Path]:
