@@ -1,4 +1,9 @@
-"""``SaveVolumed``: write predictions next to nothing they came from, atomically, in the input's format."""
+"""``SaveVolumed``: write predictions next to nothing they came from, atomically, in the input's format.
+
+Why not MONAI's ``SaveImaged``: it writes one output format for every input (``output_ext``) and its NIfTI
+writer replaces files in place without asking; here each output keeps its input's format (MetaImage in,
+MetaImage out), is written atomically, and never replaces an input or, without ``overwrite``, an earlier output.
+"""
 
 from __future__ import annotations
 
