@@ -330,8 +330,10 @@ def test_ctrl_c_is_one_line_and_exit_130(dataset, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(dataset), "--output", str(out),
            "--epochs", "50", *TINY]
+    # a shell's background job ignores SIGINT, and children inherit that: give this one a terminal's default
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "last.pt").exists():
         time.sleep(0.2)
@@ -356,6 +358,10 @@ def test_an_interrupt_that_lands_in_a_finalizer_is_not_lost(capsys):
         return 0 if ref is not None else 1
 
     start = time.perf_counter()
-    assert run_reporting_errors("x", command) == 130
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under a background job
+    try:
+        assert run_reporting_errors("x", command) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - start < 20
     assert capsys.readouterr().err.strip() == "pconv3d x: interrupted"
