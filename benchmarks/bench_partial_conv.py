@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from benchmarks.reference_baseline import ReferencePartialConv3d
+from tests.reference_baseline import ReferencePartialConv3d
 from pconv3d import PartialConv3d
 
 # (batch, in, out, size, multi_channel)

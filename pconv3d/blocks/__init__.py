@@ -26,7 +26,8 @@ from pconv3d.blocks.norm import (
 )
 from pconv3d.blocks.residual import PartialIdentity, PartialResidualUnit
 from pconv3d.blocks.sampling import PartialMaxPool, PartialUpSample
-from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection, any_channel, mask_union
+from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection
+from pconv3d.mask import any_channel, mask_union
 
 __all__ = [
     "PARTIAL_CONV",
