@@ -70,7 +70,7 @@ class Mask:
         all_valid: known to be 1 everywhere (``None``: read on first use where possible).
     """
 
-    __slots__ = ("tensor", "_binary", "_all_valid", "_clean", "_clean_version", "_memo")
+    __slots__ = ("tensor", "_binary", "_all_valid", "_clean", "_clean_version", "_memo", "__weakref__")
 
     def __init__(self, tensor: Optional[Tensor] = None, *, binary: Optional[bool] = None,
                  all_valid: Optional[bool] = None) -> None:

@@ -12,6 +12,7 @@ a convolution's output.
 """
 
 
+import functools
 from typing import List, NamedTuple, Optional
 
 import torch
@@ -23,6 +24,7 @@ from pconv3d.masking import apply_mask
 __all__ = [
     "MaskStats",
     "Windows",
+    "reaches_everywhere",
     "window_sum",
     "transposed_window_sum",
     "stat_dtype",
@@ -260,14 +262,6 @@ class Windows:
             lines.append(s.reshape(-1))
         return lines
 
-    def reaches_everywhere(self, spatial: List[int]) -> bool:
-        """Whether every output voxel's window holds an input voxel, so that an all-valid input gives an
-        all-valid output; computed on the CPU from :meth:`line_sums`, whatever device the layer is on."""
-        for line in self.line_sums(spatial, torch.float32, torch.device("cpu")):
-            if not bool((line > 0).all()):
-                return False
-        return True
-
     def stats(self, mask: Optional[Tensor], spatial: List[int], groups: int, dtype: torch.dtype, device: torch.device) -> MaskStats:
         """Window statistics of ``mask`` for this geometry.
 
@@ -300,6 +294,48 @@ class Windows:
                 winsize *= k
             ratio = torch.where(valid, winsize / s, zero)
         return MaskStats(ratio, valid.to(dtype))
+
+
+def reaches_everywhere(windows: Windows, spatial: List[int]) -> bool:
+    """Whether every output voxel of ``windows`` reads an input voxel, so that an all-valid input gives an
+    all-valid output: integer arithmetic on the host, whatever device the layer is on."""
+    n = len(windows.kernel_size)
+    for i in range(n):
+        if windows.transposed:
+            line = _transposed_counts(spatial[i], windows.kernel_size[i], windows.stride[i], windows.padding[i],
+                                      windows.output_padding[i], windows.dilation[i])
+        else:
+            before = after = windows.padding[i]
+            length = spatial[i]
+            if len(windows.pre_pad) > 0:
+                before, after = windows.pre_pad[2 * (n - 1 - i)], windows.pre_pad[2 * (n - 1 - i) + 1]
+                if windows.pad_mode != "constant":  # padded like the input: those voxels are valid
+                    length, before, after = length + before + after, 0, 0
+            line = _counts(length, windows.kernel_size[i], windows.stride[i], before, after, windows.dilation[i])
+        if min(line) == 0:
+            return False
+    return True
+
+
+# The counts are a pure function of their integer arguments: they cannot go stale, and hold no tensors.
+@functools.lru_cache(maxsize=1024)
+def _counts(length: int, k: int, stride: int, before: int, after: int, dilation: int) -> tuple:
+    """Input voxels in each window of a 1D convolution over ``length`` voxels zero-padded by ``before``/``after``."""
+    out = (length + before + after - dilation * (k - 1) - 1) // stride + 1
+    return tuple(sum(0 <= o * stride - before + dilation * j < length for j in range(k)) for o in range(out))
+
+
+@functools.lru_cache(maxsize=1024)
+def _transposed_counts(length: int, k: int, stride: int, padding: int, output_padding: int, dilation: int) -> tuple:
+    """Input voxels reaching each output voxel of a 1D transposed convolution over ``length`` voxels."""
+    out = (length - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1
+    counts = [0] * out
+    for i in range(length):
+        for j in range(k):
+            o = i * stride + dilation * j - padding
+            if 0 <= o < out:
+                counts[o] += 1
+    return tuple(counts)
 
 
 class MaskedMoments(NamedTuple):

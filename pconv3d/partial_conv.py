@@ -11,6 +11,7 @@ keys, plus ``multi_channel`` and ``return_mask`` (the names of NVIDIA's referenc
 """
 
 
+import weakref
 from contextlib import nullcontext
 from typing import Optional, Tuple
 
@@ -19,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from pconv3d.mask import Mask, as_given, tensor_of
-from pconv3d.mask_stats import MaskStats, Windows, renormalize, stat_dtype
+from pconv3d.mask_stats import MaskStats, Windows, reaches_everywhere, renormalize, stat_dtype
 from pconv3d.masking import apply_mask
 
 __all__ = ["PartialConvBase", "PartialConv1d", "PartialConv2d", "PartialConv3d"]
@@ -36,9 +37,9 @@ class PartialConvBase:
 
     ``forward(input, mask_in=None)``: ``mask_in`` is a tensor, a :class:`~pconv3d.mask.Mask` or ``None``
     (see the subclasses); returns ``output``, or ``(output, mask_out)`` with ``return_mask``, where
-    ``mask_out`` is a carrier if ``mask_in`` was one, else a tensor. Blocks call the layer as a module
-    (so hooks see it) and take the mask from :meth:`updated_mask`, which costs nothing after the call
-    when they pass a carrier.
+    ``mask_out`` is a carrier if ``mask_in`` was one, else a tensor. Blocks take the mask from
+    :meth:`updated_mask` and then call the layer as a module (so that hooks see it); with a carrier the
+    statistics are computed once for both.
     """
 
     __constants__ = nn.Conv3d.__constants__ + ["multi_channel", "return_mask", "_plain_when_unmasked"]
@@ -96,14 +97,15 @@ class PartialConvBase:
             stats = self.windows.stats(mask_in, list(input.shape[2:]), groups, stat_dtype(input.dtype), input.device)
             stats, mask_out = self._mask_out(input, stats, groups)
             return stats, False, mask_out
-        return mask_in.memo(self._step_key(input, mask_in), self._step_eager, input, mask_in)
+        step = mask_in.memo(self._step_key(input, mask_in), self._step_eager, input, mask_in)
+        return step.stats, step.everywhere, step.carrier()
 
     def _step_key(self, input: Tensor, mask_in: Mask) -> tuple:
         """What :meth:`_step` depends on besides the carrier: layers with equal keys share its result."""
         mask_channels = self.out_channels if self.multi_channel else 1
         return self.windows.key, tuple(input.shape[2:]), self._groups(mask_in.tensor), input.dtype, input.shape[0], mask_channels
 
-    def _step_eager(self, input: Tensor, mask_in: Mask) -> Tuple[MaskStats, bool, Mask]:
+    def _step_eager(self, input: Tensor, mask_in: Mask) -> "_Step":
         mask = mask_in.tensor
         if mask is not None:
             self._check_mask(input, mask)
@@ -116,11 +118,11 @@ class PartialConvBase:
         with torch.no_grad(), no_autocast:
             stats = self.windows.stats(None if full else mask, spatial, groups, stat_dtype(input.dtype), device)
         if full and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            everywhere = self.windows.reaches_everywhere(spatial)
+            everywhere = reaches_everywhere(self.windows, spatial)
         else:
             everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
         stats, mask_out = self._mask_out(input, stats, groups)
-        return stats, everywhere, Mask(mask_out, binary=True, all_valid=everywhere)
+        return _Step(stats, everywhere, mask_out)
 
     def _partial_forward(self, input: Tensor, mask_in: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Partial convolution of ``input`` under ``mask_in``; returns ``(output, mask_out)``."""
@@ -146,13 +148,33 @@ class PartialConvBase:
         return out, as_given(mask_out, given)
 
     def updated_mask(self, input: Tensor, mask_in: Optional[Tensor] = None) -> Tensor:
-        """The mask ``forward(input, mask_in)`` returns, without convolving: free after the forward call
-        when ``mask_in`` is a :class:`~pconv3d.mask.Mask` (its statistics are kept there), a carrier for
-        a carrier. How blocks read a layer's mask whatever its ``return_mask``."""
+        """The mask ``forward(input, mask_in)`` returns, without convolving; a carrier for a carrier. How
+        blocks read a layer's mask whatever its ``return_mask``: with a :class:`~pconv3d.mask.Mask` the
+        statistics are kept in it for the forward call that follows (which then vouches for its output
+        in the carrier returned here)."""
         given = mask_in
         if not torch.jit.is_scripting():
             mask_in = Mask.of(mask_in)
         return as_given(self._step(input, mask_in)[2], given)
+
+
+class _Step:
+    """What a layer computes for one carrier, kept by that carrier (:meth:`Mask.memo`). The carrier of the
+    returned mask is referred to weakly: whoever calls the layer holds it, and a call's carriers never
+    keep the masks and statistics of the layers after them alive."""
+
+    __slots__ = ("stats", "everywhere", "mask_out", "_carrier")
+
+    def __init__(self, stats: MaskStats, everywhere: bool, mask_out: Tensor) -> None:
+        self.stats, self.everywhere, self.mask_out = stats, everywhere, mask_out
+        self._carrier: Optional[weakref.ref] = None
+
+    def carrier(self) -> Mask:
+        carrier = None if self._carrier is None else self._carrier()
+        if carrier is None:
+            carrier = Mask(self.mask_out, binary=True, all_valid=self.everywhere)
+            self._carrier = weakref.ref(carrier)
+        return carrier
 
 
 def _vouch(out: Tensor, mask_out: Tensor) -> Tensor:
