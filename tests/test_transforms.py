@@ -568,3 +568,12 @@ def test_floating_masks_outside_0_1_are_refused_with_key_and_value(bad):
                DropSlicesd("image", fraction=0.5, mask_key="validity")):
         with pytest.raises(ValueError, match=rf"'validity'.*weights in \[0, 1\], found {re.escape(str(bad))}"):
             tf({"image": x, "validity": meta_image(m)})
+
+
+def test_recipes_read_integer_mask_files_as_nonzero_valid(tmp_path):
+    rng = np.random.default_rng(13)
+    image = rng.uniform(1.0, 2.0, (8, 8, 6)).astype(np.float32)
+    valid = rng.random((8, 8, 6)) > 0.3
+    item = _files(tmp_path, image=image, mask=(valid * 255).astype(np.uint8))  # a 0/255 mask file
+    d = infer_transforms(axcodes=None, normalize=None)(item)
+    np.testing.assert_array_equal(d["mask"][0].numpy(), valid.astype(np.float32))
