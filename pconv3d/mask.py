@@ -225,14 +225,19 @@ def _union_eager(a: Tensor | Mask, b: Tensor | Mask | None) -> Tensor | Mask:
         union = Mask(torch.ones_like(a.tensor), binary=True, all_valid=True)
     else:
         b = Mask.of(b)
-        if a.all_valid and a.tensor.shape == torch.broadcast_shapes(a.tensor.shape, b.tensor.shape):
+        if a.all_valid and _covers(a.tensor, b.tensor):
             union = a
-        elif b.all_valid and b.tensor.shape == torch.broadcast_shapes(a.tensor.shape, b.tensor.shape):
+        elif b.all_valid and _covers(b.tensor, a.tensor):
             union = b.derive(b.tensor.to(a.tensor.dtype))
         else:
             binary = (a._binary and b._binary) or None  # unknown unless both are known binary
             union = Mask(torch.maximum(a.tensor, b.tensor.to(a.tensor.dtype)), binary=binary)
     return union if carriers else union.tensor
+
+
+def _covers(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` has the shape ``a`` and ``b`` broadcast to (an operand that can stand for the result)."""
+    return a.dim() == b.dim() and all(x >= y for x, y in zip(a.shape, b.shape))
 
 
 def mask_intersection(a: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -244,7 +249,7 @@ def mask_intersection(a: Tensor, b: Optional[Tensor]) -> Tensor:
     a = Mask.of(any_channel(a))
     if b is not None and tensor_of(b) is not None:
         b = Mask.of(any_channel(b))
-        if not (b.all_valid and a.tensor.shape == torch.broadcast_shapes(a.tensor.shape, b.tensor.shape)):
+        if not (b.all_valid and _covers(a.tensor, b.tensor)):
             binary = (a._binary and b._binary) or None  # unknown unless both are known binary
             a = Mask(torch.minimum(a.tensor, b.tensor.to(a.tensor.dtype)), binary=binary)
     return a if carriers else a.tensor

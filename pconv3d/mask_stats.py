@@ -24,7 +24,7 @@ from pconv3d.masking import apply_mask
 __all__ = [
     "MaskStats",
     "Windows",
-    "reaches_everywhere",
+    "full_stats",
     "window_sum",
     "transposed_window_sum",
     "stat_dtype",
@@ -296,25 +296,45 @@ class Windows:
         return MaskStats(ratio, valid.to(dtype))
 
 
-def reaches_everywhere(windows: Windows, spatial: List[int]) -> bool:
-    """Whether every output voxel of ``windows`` reads an input voxel, so that an all-valid input gives an
-    all-valid output: integer arithmetic on the host, whatever device the layer is on."""
+def full_stats(windows: Windows, spatial: List[int], dtype: torch.dtype, device: torch.device) -> Optional[MaskStats]:
+    """The statistics of an all-valid mask (or none) when every window of ``windows`` reaches an input
+    voxel, else ``None`` (then :meth:`Windows.stats` has them, with the holes such windows make).
+
+    Eager shortcut of :meth:`Windows.stats`: the all-valid mask is separable, so its window sums are the
+    outer product of per-dim counts, which are integer arithmetic on the host. ``valid`` is 1 everywhere,
+    so is a transposed convolution's ratio ``F / S``, and a convolution's ratio is ``winsize`` over the
+    product. On the CPU the counts become the per-dim tensors directly; elsewhere those are computed on
+    the device (:meth:`Windows.line_sums`), since copying from the host would wait for it.
+    """
+    counts = [_line_counts(windows, spatial, i) for i in range(len(spatial))]
+    if any(min(c) == 0 for c in counts):
+        return None
+    one = torch.ones([1, 1] + [len(c) for c in counts], dtype=dtype, device=device)
+    if windows.transposed:
+        return MaskStats(one, one)
+    if device.type == "cpu":
+        lines = [torch.tensor(c, dtype=dtype) for c in counts]
+    else:
+        lines = windows.line_sums(spatial, dtype, device)
+    winsize = 1.0
+    for k in windows.kernel_size:
+        winsize *= k
+    return MaskStats(winsize / _outer(lines), one)
+
+
+def _line_counts(windows: Windows, spatial: List[int], i: int) -> tuple:
+    """Input voxels that reach each output voxel along spatial dim ``i`` when all are valid."""
     n = len(windows.kernel_size)
-    for i in range(n):
-        if windows.transposed:
-            line = _transposed_counts(spatial[i], windows.kernel_size[i], windows.stride[i], windows.padding[i],
-                                      windows.output_padding[i], windows.dilation[i])
-        else:
-            before = after = windows.padding[i]
-            length = spatial[i]
-            if len(windows.pre_pad) > 0:
-                before, after = windows.pre_pad[2 * (n - 1 - i)], windows.pre_pad[2 * (n - 1 - i) + 1]
-                if windows.pad_mode != "constant":  # padded like the input: those voxels are valid
-                    length, before, after = length + before + after, 0, 0
-            line = _counts(length, windows.kernel_size[i], windows.stride[i], before, after, windows.dilation[i])
-        if min(line) == 0:
-            return False
-    return True
+    k, stride, dilation = windows.kernel_size[i], windows.stride[i], windows.dilation[i]
+    if windows.transposed:
+        return _transposed_counts(spatial[i], k, stride, windows.padding[i], windows.output_padding[i], dilation)
+    before = after = windows.padding[i]
+    length = spatial[i]
+    if len(windows.pre_pad) > 0:
+        before, after = windows.pre_pad[2 * (n - 1 - i)], windows.pre_pad[2 * (n - 1 - i) + 1]
+        if windows.pad_mode != "constant":  # padded like the input: those voxels are valid
+            length, before, after = length + before + after, 0, 0
+    return _counts(length, k, stride, before, after, dilation)
 
 
 # The counts are a pure function of their integer arguments: they cannot go stale, and hold no tensors.

@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from pconv3d.mask import Mask, as_given, tensor_of
-from pconv3d.mask_stats import MaskStats, Windows, reaches_everywhere, renormalize, stat_dtype
+from pconv3d.mask_stats import MaskStats, Windows, full_stats, renormalize, stat_dtype
 from pconv3d.masking import apply_mask
 
 __all__ = ["PartialConvBase", "PartialConv1d", "PartialConv2d", "PartialConv3d"]
@@ -111,16 +111,20 @@ class PartialConvBase:
             self._check_mask(input, mask)
         groups = self._groups(mask)
         spatial = list(input.shape[2:])
-        # an all-valid mask has the statistics of no mask (counted per dim, and known valid or not)
+        # an all-valid mask has the statistics of no mask, and a valid output where every window reaches
+        # the image: known from the geometry (full_stats), never read from the data
         full = groups == 1 and mask_in.all_valid
         device = input.device
+        dtype = stat_dtype(input.dtype)
         no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
         with torch.no_grad(), no_autocast:
-            stats = self.windows.stats(None if full else mask, spatial, groups, stat_dtype(input.dtype), device)
-        if full and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            everywhere = reaches_everywhere(self.windows, spatial)
-        else:
-            everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
+            stats = None
+            if full and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                stats = full_stats(self.windows, spatial, dtype, device)
+            everywhere = stats is not None
+            if stats is None:
+                stats = self.windows.stats(None if full else mask, spatial, groups, dtype, device)
+                everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
         stats, mask_out = self._mask_out(input, stats, groups)
         return _Step(stats, everywhere, mask_out)
 

@@ -24,14 +24,21 @@ from tests.oracle import partial_conv_oracle
 @pytest.fixture
 def counted(monkeypatch):
     """Counts statistic computations (``True`` for those of an all-valid mask)."""
+    import pconv3d.partial_conv
+
     calls = []
-    real = Windows.stats
+    real_stats, real_full = Windows.stats, pconv3d.partial_conv.full_stats
 
     def spy(self, mask, *args):
         calls.append(mask is None)
-        return real(self, mask, *args)
+        return real_stats(self, mask, *args)
+
+    def spy_full(*args):
+        calls.append(True)
+        return real_full(*args)
 
     monkeypatch.setattr(Windows, "stats", spy)
+    monkeypatch.setattr(pconv3d.partial_conv, "full_stats", spy_full)
     return calls
 
 
@@ -269,3 +276,36 @@ def test_gradcam_on_a_partial_convolution_of_a_partial_unet():
     # GradCAM hands keyword arguments on to the network: the mask travels as `mask=` (or `condition=`)
     heat = cam(x, class_idx=1, mask=m)
     assert heat.shape == (1, 1, 32, 32, 32) and torch.isfinite(heat).all() and heat.max() > 0
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
+def test_full_stats_from_host_counts_equal_the_counted_ones(transposed):
+    from pconv3d.mask_stats import full_stats
+
+    g = torch.Generator().manual_seed(0)
+    checked = 0
+    for _ in range(300):
+        k, s, d, p = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 5), (1, 4), (1, 3), (0, 5)))
+        length = int(torch.randint(1, 10, (1,), generator=g))
+        if transposed:
+            op = int(torch.randint(0, max(s, d), (1,), generator=g))
+            w = Windows([k, 3], [s, 1], [p, 1], [d, 1], [], "constant", [op, 0], True)
+        else:
+            pre = [] if p % 2 else [1, 0, p, p + 1]  # some with asymmetric pre-padding, by mode
+            mode = ["constant", "reflect", "replicate", "circular"][k % 4] if pre else "constant"
+            if mode == "reflect" and length <= p + 1:
+                continue
+            w = Windows([k, 3], [s, 1], [p, 1] if not pre else [0, 0], [d, 1], pre, mode, [0, 0], False)
+        try:
+            want = w.stats(None, [length, 5], 1, torch.float64, torch.device("cpu"))
+        except RuntimeError:  # a geometry with no output
+            continue
+        got = full_stats(w, [length, 5], torch.float64, torch.device("cpu"))
+        if got is None:
+            assert not bool(want.valid.all())
+        else:
+            checked += 1
+            assert bool(want.valid.all())
+            torch.testing.assert_close(got.ratio.expand_as(want.ratio), want.ratio, rtol=0, atol=0)
+            torch.testing.assert_close(got.valid.expand_as(want.valid), want.valid, rtol=0, atol=0)
+    assert checked > 50

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS
 from pconv3d.mask import Mask, as_carrier, as_given, first_channel, tensor_of
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masking import all_valid, apply_mask, mark_clean
 
 __all__ = ["PartialMaxPool", "PartialUpSample"]
 
@@ -62,7 +62,7 @@ class PartialMaxPool(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         m = tensor_of(mask)
-        if m is None:
+        if m is None or all_valid(mask):  # nothing missing: the plain pooling
             y = self.pool(x)
             ones = torch.ones([y.shape[0], 1] + list(y.shape[2:]), dtype=x.dtype, device=x.device)
             return y, _handed_on(ones, mask, True, True)
