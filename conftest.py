@@ -1,8 +1,11 @@
-"""pytest configuration shared by the tests and the docstring examples of :mod:`pconv3d`.
+"""pytest configuration shared by the tests, the notebooks and the docstring examples of :mod:`pconv3d`.
 
 Docstring examples run as doctests (``--doctest-modules`` over ``pconv3d``) with ``torch``, ``monai`` and the
 public names of :mod:`pconv3d` in scope, as a user who imported them would have them.
 """
+
+import os
+from pathlib import Path
 
 import monai
 import monai.networks.nets
@@ -13,6 +16,12 @@ import pconv3d
 import pconv3d.blocks
 import pconv3d.mask
 import pconv3d.networks
+
+# notebooks run in kernel processes, which pyproject's `pythonpath = ["."]` does not reach: they import the
+# checkout under test too, not whichever pconv3d is installed
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,7 @@ Run: ``python -m benchmarks.bench_unet [--size 64] [--batch 2] [--channels 16 32
 
 The three networks share one set of weights (loaded from the MONAI ``UNet``) and are timed interleaved
 in one process, so the ratios compare like with like. The partial networks get a fresh mask tensor on
-every call (random holes plus two dropped slices, cloned outside the timed region), so no statistics
-cache can help across calls. A training step is forward, cross-entropy, backward and an SGD step;
+every call (random holes plus two dropped slices, cloned outside the timed region), as real inputs do. A training step is forward, cross-entropy, backward and an SGD step;
 inference is a ``no_grad`` forward in eval mode. Times are medians.
 
 The baseline network is ``PartialUNet`` built while the ``"partialconv"`` entry of MONAI's ``Conv``

@@ -37,8 +37,8 @@ class PartialConvBase:
 
     ``forward(input, mask_in=None)``: ``mask_in`` is a tensor, a :class:`~pconv3d.mask.Mask` or ``None``
     (see the subclasses); returns ``output``, or ``(output, mask_out)`` with ``return_mask``, where
-    ``mask_out`` is a carrier if ``mask_in`` was one, else a tensor. Blocks take the mask from
-    :meth:`updated_mask` and then call the layer as a module (so that hooks see it); with a carrier the
+    ``mask_out`` is a carrier if ``mask_in`` was one, else a tensor. Blocks call the layer as a module
+    (so that hooks see it) and then take its mask from :meth:`updated_mask`; with a carrier the
     statistics are computed once for both.
     """
 
@@ -88,8 +88,9 @@ class PartialConvBase:
         mask_out = valid.to(input.dtype).expand([input.shape[0], mask_channels] + out_spatial)
         return MaskStats(ratio, valid), mask_out
 
-    def _step(self, input: Tensor, mask_in: Optional[Tensor]) -> Tuple[MaskStats, bool, Tensor]:
-        """Statistics, whether they are valid everywhere, and the mask to return (a carrier in eager mode)."""
+    def _step(self, input: Tensor, mask_in: Optional[Tensor], hand_over: bool = False) -> Tuple[MaskStats, bool, Tensor]:
+        """Statistics, whether they are valid everywhere, and the mask to return (a carrier in eager mode;
+        ``hand_over``: to the caller of :meth:`updated_mask`, see :class:`_Step`)."""
         if torch.jit.is_scripting():
             if mask_in is not None:
                 self._check_mask(input, mask_in)
@@ -98,7 +99,7 @@ class PartialConvBase:
             stats, mask_out = self._mask_out(input, stats, groups)
             return stats, False, mask_out
         step = mask_in.memo(self._step_key(input, mask_in), self._step_eager, input, mask_in)
-        return step.stats, step.everywhere, step.carrier()
+        return step.stats, step.everywhere, step.hand_over() if hand_over else step.carrier()
 
     def _step_key(self, input: Tensor, mask_in: Mask) -> tuple:
         """What :meth:`_step` depends on besides the carrier: layers with equal keys share its result."""
@@ -153,31 +154,36 @@ class PartialConvBase:
 
     def updated_mask(self, input: Tensor, mask_in: Optional[Tensor] = None) -> Tensor:
         """The mask ``forward(input, mask_in)`` returns, without convolving; a carrier for a carrier. How
-        blocks read a layer's mask whatever its ``return_mask``: with a :class:`~pconv3d.mask.Mask` the
-        statistics are kept in it for the forward call that follows (which then vouches for its output
-        in the carrier returned here)."""
+        blocks read a layer's mask whatever its ``return_mask``: after ``forward`` with the same
+        :class:`~pconv3d.mask.Mask` it costs nothing, and it is the carrier that vouches for the output."""
         given = mask_in
         if not torch.jit.is_scripting():
             mask_in = Mask.of(mask_in)
-        return as_given(self._step(input, mask_in)[2], given)
+        return as_given(self._step(input, mask_in, True)[2], given)
 
 
 class _Step:
     """What a layer computes for one carrier, kept by that carrier (:meth:`Mask.memo`). The carrier of the
-    returned mask is referred to weakly: whoever calls the layer holds it, and a call's carriers never
-    keep the masks and statistics of the layers after them alive."""
+    mask it returns is held until :meth:`hand_over` gives it to the caller of ``updated_mask`` (a block),
+    and only referred to weakly after that, so that a call's carriers do not keep the masks and
+    statistics of every later layer alive."""
 
-    __slots__ = ("stats", "everywhere", "mask_out", "_carrier")
+    __slots__ = ("stats", "everywhere", "mask_out", "_held", "_handed")
 
     def __init__(self, stats: MaskStats, everywhere: bool, mask_out: Tensor) -> None:
         self.stats, self.everywhere, self.mask_out = stats, everywhere, mask_out
-        self._carrier: Optional[weakref.ref] = None
+        self._held: Optional[Mask] = None
+        self._handed: Optional[weakref.ref] = None
 
     def carrier(self) -> Mask:
-        carrier = None if self._carrier is None else self._carrier()
+        carrier = self._held or (None if self._handed is None else self._handed())
         if carrier is None:
-            carrier = Mask(self.mask_out, binary=True, all_valid=self.everywhere)
-            self._carrier = weakref.ref(carrier)
+            carrier = self._held = Mask(self.mask_out, binary=True, all_valid=self.everywhere)
+        return carrier
+
+    def hand_over(self) -> Mask:
+        carrier = self.carrier()
+        self._held, self._handed = None, weakref.ref(carrier)
         return carrier
 
 

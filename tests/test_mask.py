@@ -12,7 +12,6 @@ import torch
 from monai.visualize import GradCAM
 
 from pconv3d import PartialConv3d
-from pconv3d.blocks import PartialConvolution
 from pconv3d.mask import Mask
 from pconv3d.mask_stats import Windows
 from pconv3d.masking import apply_mask, mark_clean
@@ -268,7 +267,7 @@ def test_forward_hooks_fire_on_every_partial_convolution(net):
 def test_gradcam_on_a_partial_convolution_of_a_partial_unet():
     torch.manual_seed(0)
     net = PartialUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=1).eval()
-    target = "model.0.conv.unit0.conv"  # the first partial convolution of the encoder
+    target = "model.2.1.conv.unit0.conv"  # the last partial convolution of the decoder
     assert target in partial_layers(net)
     cam = GradCAM(nn_module=net, target_layers=target)
     x = torch.randn(1, 1, 32, 32, 32)

@@ -12,7 +12,6 @@ wherever ``F > 0``. Holes never reach the output, whatever they hold.
 
 from typing import List
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor

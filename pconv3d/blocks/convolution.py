@@ -166,8 +166,8 @@ class PartialConvolution(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         m = as_carrier(mask)
-        mask_out = self.conv.updated_mask(x, m)
         y = self.conv(x, m)
+        mask_out = self.conv.updated_mask(x, m)
         given = tensor_of(mask)
         if given is None or given.shape[1] == 1 or self.conv.groups == 1:
             mask_out = first_channel(mask_out)  # every output channel shares one mask: keep a single channel

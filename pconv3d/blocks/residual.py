@@ -122,6 +122,6 @@ class PartialResidualUnit(nn.Module):
         # a constant: scripting compiles only the branch that matches the residual's type
         if self.identity_residual:
             return self.residual(x, mask)
+        res = self.residual(x, mask)
         # single channel already, or a non-grouped convolution's shared mask
-        res_mask = first_channel(self.residual.updated_mask(x, mask))
-        return self.residual(x, mask), res_mask
+        return res, first_channel(self.residual.updated_mask(x, mask))

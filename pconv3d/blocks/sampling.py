@@ -168,18 +168,18 @@ class PartialUpSample(nn.Module):
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if hasattr(self, "deconv"):
             m = as_carrier(mask)
-            mask_out = self.deconv.updated_mask(x, m)
-            return self.deconv(x, m), as_given(mask_out, mask)
+            y = self.deconv(x, m)
+            return y, as_given(self.deconv.updated_mask(x, m), mask)
         if hasattr(self, "deconvgroup"):
             m = as_carrier(mask)
-            mask_out = self.deconvgroup.updated_mask(x, m)
-            return self.deconvgroup(x, m), as_given(mask_out, mask)
+            y = self.deconvgroup(x, m)
+            return y, as_given(self.deconvgroup.updated_mask(x, m), mask)
         m = mask
         if hasattr(self, "preconv"):
             m = as_carrier(mask)
-            pre_mask = self.preconv.updated_mask(x, m)
-            x = self.preconv(x, m)
-            m = first_channel(pre_mask)
+            y = self.preconv(x, m)
+            m = first_channel(self.preconv.updated_mask(x, m))
+            x = y
         weights = tensor_of(m)
         if weights is None:
             weights = torch.ones([1, 1] + list(x.shape[2:]), dtype=x.dtype, device=x.device)
