@@ -190,8 +190,8 @@ def transposed_window_sum(
 def _outer(lines: List[Tensor]) -> Tensor:
     """The product of per-dim 1D tensors, (1, 1, *their lengths)."""
     n = len(lines)
-    s = lines[0].new_ones([1, 1] + [1] * n)
-    for i in range(n):
+    s = lines[0].reshape([1, 1, -1] + [1] * (n - 1))
+    for i in range(1, n):
         shape = [1, 1] + [1] * n
         shape[2 + i] = lines[i].shape[0]
         s = s * lines[i].reshape(shape)
@@ -303,23 +303,25 @@ def full_stats(windows: Windows, spatial: List[int], dtype: torch.dtype, device:
     Eager shortcut of :meth:`Windows.stats`: the all-valid mask is separable, so its window sums are the
     outer product of per-dim counts, which are integer arithmetic on the host. ``valid`` is 1 everywhere,
     so is a transposed convolution's ratio ``F / S``, and a convolution's ratio is ``winsize`` over the
-    product. On the CPU the counts become the per-dim tensors directly; elsewhere those are computed on
-    the device (:meth:`Windows.line_sums`), since copying from the host would wait for it.
+    product (1 where every window is full). On the CPU it is built from the counts directly; elsewhere
+    the counts are computed on the device (:meth:`Windows.line_sums`), since copying them from the host
+    would wait for it.
     """
     counts = [_line_counts(windows, spatial, i) for i in range(len(spatial))]
     if any(min(c) == 0 for c in counts):
         return None
     one = torch.ones([1, 1] + [len(c) for c in counts], dtype=dtype, device=device)
-    if windows.transposed:
+    full = all(min(c) == max(c) == k for c, k in zip(counts, windows.kernel_size))
+    if windows.transposed or full:  # F / S with S = F, or winsize / S with every window full
         return MaskStats(one, one)
     if device.type == "cpu":
-        lines = [torch.tensor(c, dtype=dtype) for c in counts]
-    else:
-        lines = windows.line_sums(spatial, dtype, device)
+        # winsize / S as the product of per-dim factors k / count
+        factors = [torch.tensor([k / c for c in line], dtype=dtype) for line, k in zip(counts, windows.kernel_size)]
+        return MaskStats(_outer(factors), one)
     winsize = 1.0
     for k in windows.kernel_size:
         winsize *= k
-    return MaskStats(winsize / _outer(lines), one)
+    return MaskStats(winsize / _outer(windows.line_sums(spatial, dtype, device)), one)
 
 
 def _line_counts(windows: Windows, spatial: List[int], i: int) -> tuple:
