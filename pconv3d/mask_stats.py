@@ -310,7 +310,7 @@ def full_stats(windows: Windows, spatial: List[int], dtype: torch.dtype, device:
     counts = [_line_counts(windows, spatial, i) for i in range(len(spatial))]
     if any(min(c) == 0 for c in counts):
         return None
-    one = torch.ones([1, 1] + [len(c) for c in counts], dtype=dtype, device=device)
+    one = torch.ones((), dtype=dtype, device=device).expand([1, 1] + [len(c) for c in counts])  # no memory
     full = all(min(c) == max(c) == k for c, k in zip(counts, windows.kernel_size))
     if windows.transposed or full:  # F / S with S = F, or winsize / S with every window full
         return MaskStats(one, one)

@@ -37,7 +37,8 @@ class PartialConvBase:
 
     ``forward(input, mask_in=None)``: ``mask_in`` is a tensor, a :class:`~pconv3d.mask.Mask` or ``None``
     (see the subclasses); returns ``output``, or ``(output, mask_out)`` with ``return_mask``, where
-    ``mask_out`` is a carrier if ``mask_in`` was one, else a tensor. Blocks call the layer as a module
+    ``mask_out`` is a carrier if ``mask_in`` was one, else a tensor; it may be a broadcast view, as
+    ``expand`` gives (clone it before writing into it). Blocks call the layer as a module
     (so that hooks see it) and then take its mask from :meth:`updated_mask`; with a carrier the
     statistics are computed once for both.
     """

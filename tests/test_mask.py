@@ -92,11 +92,16 @@ def test_tensor_masks_are_read_on_every_call():
 def test_editing_a_returned_mask_changes_no_later_call():
     conv = PartialConv3d(2, 2, 3, padding=1, return_mask=True)
     x = torch.randn(1, 2, 8, 8, 8)
-    _, mask = conv(x)
+    m = holes((1, 1, 8, 8, 8))
+    _, mask = conv(x, m)
+    want = mask.clone()
     mask.zero_()
-    out, mask2 = conv(x)
-    assert mask2.all()
-    torch.testing.assert_close(out, oracle(conv, x, None), rtol=1e-4, atol=1e-5)
+    out, mask2 = conv(x, m)
+    assert torch.equal(mask2, want)
+    torch.testing.assert_close(out, oracle(conv, x, m), rtol=1e-4, atol=1e-5)
+    _, all_valid = conv(x)  # a broadcast view: writing into part of it is refused
+    with pytest.raises(RuntimeError):
+        all_valid[..., :4] = 0
 
 
 def test_inference_mode_then_training_mode():
@@ -159,19 +164,16 @@ def live_tensors() -> tuple[int, int]:
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 def test_memory_after_forward_passes_equals_memory_before(grad):
+    """Counted before the first call ever: nothing a call computes (statistics, facts, masks) outlives it."""
     torch.manual_seed(0)
     net = PartialUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=1)
     conv = PartialConv3d(1, 4, 3, padding=1)
     x = torch.randn(1, 1, 16, 16, 16)
-    with torch.set_grad_enabled(grad):
-        net(x, holes((1, 1, 16, 16, 16))), conv(x, holes((1, 1, 16, 16, 16)))  # warm-up (lazy inits)
-    net.zero_grad(set_to_none=True)
-    conv.zero_grad(set_to_none=True)
     before = live_tensors()
     with torch.set_grad_enabled(grad):
         for seed in range(20):
             m = holes((1, 1, 16, 16, 16), seed=seed)
-            y = net(x, m).sum() + conv(x, Mask(m)).sum()
+            y = net(x, m).sum() + net(x).sum() + conv(x, Mask(m)).sum() + conv(x).sum()
             if grad:
                 y.backward()
     del y, m

@@ -245,3 +245,13 @@ def test_shortcuts_change_nothing(name, cls_p, cls_m, kw, spatial, training, mon
     assert len(g_fast) == len(g_slow)
     for a, b in zip(g_fast, g_slow):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_network_compiles_fullgraph_and_traces():
+    """The carrier is eager Python: torch.compile traces through it in one graph, tracing records its ops."""
+    net, _ = pair(PartialUNet, UNet, NETS[1][3])
+    net.eval()
+    x, m = data(NETS[1][3], (16, 16, 16))
+    want = net(x, m)
+    torch.testing.assert_close(torch.compile(net, fullgraph=True)(x, m), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.jit.trace(net, (x, m))(x, m), want, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,9 @@
 """Partial-convolution blocks for MONAI networks: every block takes and returns ``(x, mask)``.
 
+A mask may be a tensor or a :class:`~pconv3d.mask.Mask` carrier; a block returns its mask the way it was
+given (networks pass one carrier through the whole call). Blocks call their partial convolutions as
+modules, so forward hooks fire on every one of them.
+
 Importing this package registers the partial layers in MONAI's factories (see
 :mod:`pconv3d.blocks.factories`): ``Conv["partialconv"]``, ``Conv["partialconvtrans"]``,
 ``Norm["maskedinstance"]``, ``Norm["maskedbatch"]``, ``Norm["maskedgroup"]``.
