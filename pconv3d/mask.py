@@ -14,7 +14,8 @@ A :class:`Mask` holds one mask tensor and the facts that let layers skip work:
 * ``all_valid``: every element is 1 (every voxel fully valid);
 * which tensor it *vouches for*: the one tensor known to hold exact zeros in every hole of this mask;
 * the window statistics computed for it, per layer geometry, so that layers of one geometry that read
-  the same carrier count its windows once.
+  the same carrier count its windows once; and, shared by every carrier of the call (those made from
+  one another), the statistics of an all-valid mask, which depend on the geometry only.
 
 Facts are set where they are known: a partial layer knows that its output mask is binary, and that it is
 all valid when its input was and every window reaches the image. A fact that was not set is read from
@@ -70,7 +71,7 @@ class Mask:
         all_valid: known to be 1 everywhere (``None``: read on first use where possible).
     """
 
-    __slots__ = ("tensor", "_binary", "_all_valid", "_clean", "_clean_version", "_memo", "__weakref__")
+    __slots__ = ("tensor", "_binary", "_all_valid", "_clean", "_clean_version", "_memo", "_call", "__weakref__")
 
     def __init__(self, tensor: Optional[Tensor] = None, *, binary: Optional[bool] = None,
                  all_valid: Optional[bool] = None) -> None:
@@ -84,6 +85,7 @@ class Mask:
         self._clean: Optional[weakref.ref] = None
         self._clean_version = -1
         self._memo: dict[Hashable, Any] = {}
+        self._call: dict[Hashable, Any] = {}  # shared with the carriers made from this one (see `then`)
 
     @classmethod
     def of(cls, mask: Mask | Tensor | None) -> Mask:
@@ -150,10 +152,25 @@ class Mask:
             found = self._memo[key] = compute(*args)
         return found
 
+    def call_memo(self, key: Hashable, compute: Callable[..., Any], *args: Any) -> Any:
+        """``compute(*args)``, once per ``key`` for every carrier of this call: what does not depend on the
+        mask (the statistics of an all-valid mask, per geometry)."""
+        found = self._call.get(key)
+        if found is None:
+            found = self._call[key] = compute(*args)
+        return found
+
+    def then(self, tensor: Tensor, *, binary: Optional[bool] = None, all_valid: Optional[bool] = None) -> Mask:
+        """A carrier for ``tensor``, a mask computed from this one in the same call (a layer's output, a
+        union): a new mask with its own facts, sharing the call's statistics."""
+        following = Mask(tensor, binary=binary, all_valid=all_valid)
+        following._call = self._call
+        return following
+
     def derive(self, tensor: Tensor) -> Mask:
         """A carrier for ``tensor``, which has the holes and values of this mask (a channel of a mask whose
         channels are alike, the union of its channels, another dtype): the facts and the vouch carry over."""
-        derived = Mask(tensor, binary=self._binary, all_valid=self._all_valid)
+        derived = self.then(tensor, binary=self._binary, all_valid=self._all_valid)
         derived._clean, derived._clean_version = self._clean, self._clean_version
         return derived
 
@@ -222,7 +239,7 @@ def _union_eager(a: Tensor | Mask, b: Tensor | Mask | None) -> Tensor | Mask:
     carriers = isinstance(a, Mask) or isinstance(b, Mask)
     a, b = Mask.of(any_channel(a)), any_channel(b) if b is not None and tensor_of(b) is not None else None
     if b is None:
-        union = Mask(torch.ones_like(a.tensor), binary=True, all_valid=True)
+        union = a.then(torch.ones_like(a.tensor), binary=True, all_valid=True)
     else:
         b = Mask.of(b)
         if a.all_valid and _covers(a.tensor, b.tensor):
@@ -231,7 +248,7 @@ def _union_eager(a: Tensor | Mask, b: Tensor | Mask | None) -> Tensor | Mask:
             union = b.derive(b.tensor.to(a.tensor.dtype))
         else:
             binary = (a._binary and b._binary) or None  # unknown unless both are known binary
-            union = Mask(torch.maximum(a.tensor, b.tensor.to(a.tensor.dtype)), binary=binary)
+            union = a.then(torch.maximum(a.tensor, b.tensor.to(a.tensor.dtype)), binary=binary)
     return union if carriers else union.tensor
 
 
@@ -251,7 +268,7 @@ def mask_intersection(a: Tensor, b: Optional[Tensor]) -> Tensor:
         b = Mask.of(any_channel(b))
         if not (b.all_valid and _covers(a.tensor, b.tensor)):
             binary = (a._binary and b._binary) or None  # unknown unless both are known binary
-            a = Mask(torch.minimum(a.tensor, b.tensor.to(a.tensor.dtype)), binary=binary)
+            a = a.then(torch.minimum(a.tensor, b.tensor.to(a.tensor.dtype)), binary=binary)
     return a if carriers else a.tensor
 
 
@@ -263,4 +280,4 @@ def pad_mask(mask: Tensor, pad: list[int], mode: str) -> Tensor:
     if not isinstance(mask, Mask):
         return F.pad(mask, pad, mode)
     copies = mode in ("replicate", "reflect", "circular")
-    return Mask(F.pad(mask.tensor, pad, mode), binary=mask._binary, all_valid=mask._all_valid if copies else None)
+    return mask.then(F.pad(mask.tensor, pad, mode), binary=mask._binary, all_valid=mask._all_valid if copies else None)

@@ -122,13 +122,14 @@ class PartialConvBase:
         with torch.no_grad(), no_autocast:
             stats = None
             if full and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-                stats = full_stats(self.windows, spatial, dtype, device)
+                key = (self.windows.key, tuple(spatial), dtype, device)
+                stats = mask_in.call_memo(key, full_stats, self.windows, spatial, dtype, device)
             everywhere = stats is not None
             if stats is None:
                 stats = self.windows.stats(None if full else mask, spatial, groups, dtype, device)
                 everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
         stats, mask_out = self._mask_out(input, stats, groups)
-        return _Step(stats, everywhere, mask_out)
+        return _Step(stats, everywhere, mask_out, mask_in)
 
     def _partial_forward(self, input: Tensor, mask_in: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Partial convolution of ``input`` under ``mask_in``; returns ``(output, mask_out)``."""
@@ -169,17 +170,20 @@ class _Step:
     and only referred to weakly after that, so that a call's carriers do not keep the masks and
     statistics of every later layer alive."""
 
-    __slots__ = ("stats", "everywhere", "mask_out", "_held", "_handed")
+    __slots__ = ("stats", "everywhere", "mask_out", "_source", "_held", "_handed")
 
-    def __init__(self, stats: MaskStats, everywhere: bool, mask_out: Tensor) -> None:
+    def __init__(self, stats: MaskStats, everywhere: bool, mask_out: Tensor, source: Mask) -> None:
         self.stats, self.everywhere, self.mask_out = stats, everywhere, mask_out
+        self._source = weakref.ref(source)  # the carrier that keeps this step
         self._held: Optional[Mask] = None
         self._handed: Optional[weakref.ref] = None
 
     def carrier(self) -> Mask:
         carrier = self._held or (None if self._handed is None else self._handed())
         if carrier is None:
-            carrier = self._held = Mask(self.mask_out, binary=True, all_valid=self.everywhere)
+            source = self._source()
+            following = Mask if source is None else source.then
+            carrier = self._held = following(self.mask_out, binary=True, all_valid=self.everywhere)
         return carrier
 
     def hand_over(self) -> Mask:

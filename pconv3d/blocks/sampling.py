@@ -200,4 +200,4 @@ def _handed_on(mask_out: Tensor, given: Optional[Tensor], binary: Optional[bool]
     """``mask_out`` as a block returns it: a carrier with these facts if it was given one, else the tensor."""
     if torch.jit.is_scripting():
         return mask_out
-    return Mask(mask_out, binary=binary, all_valid=all_valid) if isinstance(given, Mask) else mask_out
+    return given.then(mask_out, binary=binary, all_valid=all_valid) if isinstance(given, Mask) else mask_out
