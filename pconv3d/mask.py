@@ -120,7 +120,7 @@ class Mask:
             return
         with torch.no_grad():
             # counts rather than all(), which is several times slower on CPU
-            if not t.is_floating_point():
+            if not t.is_floating_point() or self._binary:
                 binary, ones = True, torch.count_nonzero(t) == t.numel()
             else:
                 count = torch.count_nonzero(t == 1)

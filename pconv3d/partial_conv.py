@@ -118,8 +118,9 @@ class PartialConvBase:
         full = groups == 1 and mask_in.all_valid
         device = input.device
         dtype = stat_dtype(input.dtype)
-        no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
-        with torch.no_grad(), no_autocast:
+        # statistics in their own dtype, never autocast's (no gradient either: the mask is detached)
+        autocast = torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+        with torch.autocast(device.type, enabled=False) if autocast else nullcontext():
             stats = None
             if full and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
                 key = (self.windows.key, tuple(spatial), dtype, device)

@@ -310,3 +310,23 @@ def test_full_stats_from_host_counts_equal_the_counted_ones(transposed):
             torch.testing.assert_close(got.ratio.expand_as(want.ratio), want.ratio, rtol=0, atol=0)
             torch.testing.assert_close(got.valid.expand_as(want.valid), want.valid, rtol=0, atol=0)
     assert checked > 50
+
+
+def test_one_carrier_across_batch_sizes_dtypes_and_shapes():
+    """A carrier keeps what each (geometry, shape, dtype, batch) needs apart: reuse never gives another's."""
+    conv = PartialConv3d(2, 2, 3, padding=1, return_mask=True)
+    m = holes((1, 1, 8, 8, 8))
+    carrier, none = Mask(m), Mask(None)
+    for n in (1, 3, 2):
+        x = torch.randn(n, 2, 8, 8, 8)
+        torch.testing.assert_close(conv(x, carrier)[0], oracle(conv, x, m), rtol=1e-4, atol=1e-5)
+        out, mask = conv(x, none)
+        torch.testing.assert_close(out, oracle(conv, x, None), rtol=1e-4, atol=1e-5)
+        assert mask.tensor.shape == (n, 1, 8, 8, 8)
+    d = PartialConv3d(2, 2, 3, padding=1, return_mask=True).double()
+    for shape in ((8, 8, 8), (7, 8, 9)):
+        x = torch.randn(2, 2, *shape, dtype=torch.float64)
+        out, mask = d(x, none)
+        assert out.dtype == mask.tensor.dtype == torch.float64
+        ref = partial_conv_oracle(x, d.weight, d.bias, None, stride=d.stride, padding=d.padding, dilation=d.dilation, groups=1)[0]
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
