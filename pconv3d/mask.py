@@ -253,7 +253,7 @@ def _union_eager(a: Tensor | Mask, b: Tensor | Mask | None) -> Tensor | Mask:
 
 
 def _covers(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` has the shape ``a`` and ``b`` broadcast to (an operand that can stand for the result)."""
+    """Whether ``a`` already has the shape ``a`` and ``b`` broadcast to, so that it can stand for the result."""
     return a.dim() == b.dim() and all(x >= y for x, y in zip(a.shape, b.shape))
 
 
@@ -274,7 +274,7 @@ def mask_intersection(a: Tensor, b: Optional[Tensor]) -> Tensor:
 
 def pad_mask(mask: Tensor, pad: list[int], mode: str) -> Tensor:
     """``F.pad`` of a mask (binary masks stay binary; a padded all-valid mask stays all valid in the
-    modes that copy it, ``"replicate"`` and ``"reflect"``)."""
+    modes that copy it: ``"replicate"``, ``"reflect"`` and ``"circular"``)."""
     if torch.jit.is_scripting():
         return F.pad(mask, pad, mode)
     if not isinstance(mask, Mask):
