@@ -4,8 +4,9 @@ Run: ``python -m benchmarks.bench_partial_conv [--reps 9] [--reference-module PA
 
 Every case builds the layers with identical weights and times them interleaved in one process, so the
 ratios compare like with like. Each partial-convolution call gets a fresh mask tensor (cloned outside
-the timed region), so no cache can help. The input requires grad, as it does for every layer of a
-network but the first. Prints one Markdown table of medians and ratios to ``nn.Conv3d``.
+the timed region), as a network's first layer does, so nothing is known about it (the baseline's
+statistics kept on the module are recomputed for it too). The input requires grad, as it does for every
+layer of a network but the first. Prints one Markdown table of medians and ratios to ``nn.Conv3d``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from benchmarks.reference_baseline import ReferencePartialConv3d
+from tests.reference_baseline import ReferencePartialConv3d
 from pconv3d import PartialConv3d
 
 # (batch, in, out, size, multi_channel)

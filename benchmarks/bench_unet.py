@@ -6,12 +6,11 @@ Run: ``python -m benchmarks.bench_unet [--size 64] [--batch 2] [--channels 16 32
 
 The three networks share one set of weights (loaded from the MONAI ``UNet``) and are timed interleaved
 in one process, so the ratios compare like with like. The partial networks get a fresh mask tensor on
-every call (random holes plus two dropped slices, cloned outside the timed region), so no statistics
-cache can help across calls. A training step is forward, cross-entropy, backward and an SGD step;
+every call (random holes plus two dropped slices, cloned outside the timed region), as real inputs do. A training step is forward, cross-entropy, backward and an SGD step;
 inference is a ``no_grad`` forward in eval mode. Times are medians.
 
 The baseline network is ``PartialUNet`` built while the ``"partialconv"`` entry of MONAI's ``Conv``
-factory points at :class:`benchmarks.reference_baseline.ReferencePartialConv3d` (every partial
+factory points at :class:`tests.reference_baseline.ReferencePartialConv3d` (every partial
 convolution is the baseline; the transposed ones, which the baseline has no counterpart for, stay
 pconv3d's). Times are taken with the allocator as it is. Peak memory is measured in a child process: the
 growth of the resident set over one call (Linux ``VmHWM``, reset before the call through
@@ -37,22 +36,27 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets import UNet
 
 from benchmarks.bench_partial_conv import time_calls
-from benchmarks.reference_baseline import ReferencePartialConv3d
+from tests.reference_baseline import ReferencePartialConv3d
 from pconv3d.blocks import PARTIAL_CONV
+from pconv3d.mask import tensor_of
 from pconv3d.networks import PartialUNet
 
 MONAI, OURS, BASELINE = "MONAI UNet", "PartialUNet, masks", "PartialUNet on baseline layer"
 
 
 class BaselineLayer(ReferencePartialConv3d):
-    """The baseline layer behind the interface the partial blocks call: ``partial_forward(x, mask)``."""
+    """The baseline layer behind the interface the partial blocks call: ``layer(x, mask)``, then
+    ``layer.updated_mask(x, mask)`` (which the reference design keeps on the module from that call)."""
 
     def __init__(self, *args, multi_channel: bool = False, **kwargs) -> None:
         # the blocks ask for multi_channel to accept per-channel masks; the masks here are single-channel
-        super().__init__(*args, multi_channel=False, return_mask=True, **kwargs)
+        super().__init__(*args, multi_channel=False, **kwargs)
 
-    def partial_forward(self, input: torch.Tensor, mask_in: torch.Tensor | None = None):
-        return self.forward(input, mask_in)
+    def forward(self, input: torch.Tensor, mask_in: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(input, tensor_of(mask_in))
+
+    def updated_mask(self, input: torch.Tensor, mask_in: torch.Tensor | None = None) -> torch.Tensor:
+        return self.update_mask
 
 
 @contextmanager

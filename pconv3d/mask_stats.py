@@ -2,58 +2,35 @@
 
 For a window of a convolution, ``S`` is the (weighted) sum of the mask over the window and ``winsize`` the
 number of mask elements in it. Partial convolution rescales by ``ratio = winsize / S`` where ``S > 0`` and
-zeroes the output where ``S == 0``; the updated mask is ``valid = [S > 0]``.
+zeroes the output where ``S == 0``; the updated mask is ``valid = [S > 0]``. A transposed convolution
+rescales by ``F / S`` instead, ``F`` being ``S`` for an all-valid input.
 
-Statistics are computed in float32 (float64 for float64 inputs) with autocast disabled, never with an
-epsilon. They are cached without any chance of a stale result:
-
-* ``mask=None`` (zero padding treated as missing): one entry per (spatial shape, geometry, dtype, device),
-  LRU-bounded. A mask known to be all valid (:func:`pconv3d.masking.all_valid`; deep in a network most
-  masks are) has the same statistics and takes this entry.
-* an explicit mask: a :class:`~pconv3d.tensor_cache.PerTensorCache`, keyed by the mask *object* and its
-  version counter, so a new tensor at a freed address never hits and an in-place edit invalidates.
-  Several layers of one geometry that receive the same mask compute its statistics once.
-
-Transposed convolutions (:func:`cached_transposed_stats`) share both caches. :func:`renormalize` applies
-the statistics to a convolution's output.
-
-Each entry also records the version counters of the tensors it hands out, so a caller that edits a
-returned mask in place invalidates it too. Edits that bypass torch's version counter (writing through
-``tensor.numpy()`` or ``.data``) cannot be seen; call :func:`clear_cache` after such edits.
-The caches are skipped while scripting, tracing, exporting or compiling, where the graph computes the
-statistics itself.
+A layer's window geometry is one :class:`Windows` object, built with the layer. Statistics are computed
+in float32 (float64 for float64 inputs), never with an epsilon; nothing is kept here: a
+:class:`~pconv3d.mask.Mask` carrier keeps them for the call it serves. :func:`renormalize` applies them to
+a convolution's output.
 """
 
-from __future__ import annotations
 
-from contextlib import nullcontext
-from collections import OrderedDict
-from collections.abc import Callable
+import functools
 from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pconv3d.masking import all_valid, apply_mask, mark_binary
-from pconv3d.tensor_cache import PerTensorCache, Stamped, clear_all, stamp, unstamp
+from pconv3d.masking import apply_mask
 
 __all__ = [
     "MaskStats",
-    "compute_stats",
-    "cached_stats",
-    "cached_transposed_stats",
+    "Windows",
+    "full_stats",
     "window_sum",
-    "stat_dtype",
-    "clear_cache",
     "transposed_window_sum",
-    "compute_transposed_stats",
+    "stat_dtype",
     "masked_moments",
     "renormalize",
 ]
-
-_NONE_CACHE_SIZE = 64
-_MASK_CACHE_SIZE = 32
 
 
 class MaskStats(NamedTuple):
@@ -110,124 +87,6 @@ def window_sum(
     return mask
 
 
-def compute_stats(
-    mask: Optional[Tensor],
-    spatial: List[int],
-    kernel_size: List[int],
-    stride: List[int],
-    padding: List[int],
-    dilation: List[int],
-    pre_pad: List[int],
-    pad_mode: str,
-    groups: int,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> MaskStats:
-    """Window statistics of ``mask`` for one layer, uncached.
-
-    Args:
-        mask: (N, 1, *spatial) or (N, groups * k, *spatial) validity weights in [0, 1], any dtype;
-            ``None`` means every voxel of ``spatial`` is valid and only padding is missing.
-        spatial: spatial shape of the layer input.
-        kernel_size, stride, padding, dilation, pre_pad, pad_mode: the layer's window geometry
-            (see :func:`window_sum`).
-        groups: number of mask channel groups counted separately (1 for a single-channel mask).
-        dtype: statistics dtype (see :func:`stat_dtype`).
-        device: where ``mask=None`` statistics are made.
-    """
-    if mask is None:
-        m = torch.ones([1, 1] + spatial, dtype=dtype, device=device)
-    else:
-        m = _weights(mask, dtype)
-        if m.shape[1] > 1:
-            # a window of a group spans all of the group's input channels: sum them before sliding
-            m = m.reshape([m.shape[0], groups, m.shape[1] // groups] + list(m.shape[2:])).sum(2)
-    winsize = 1.0 if mask is None else float(mask.shape[1] // groups)
-    for k in kernel_size:
-        winsize *= k
-    s = window_sum(m, kernel_size, stride, padding, dilation, pre_pad, pad_mode)
-    valid = s > 0
-    ratio = torch.where(valid, winsize / s, torch.zeros((), dtype=dtype, device=s.device))
-    return MaskStats(ratio, mark_binary(valid.to(dtype), valid))
-
-
-# ---------------------------------------------------------------------------------------------------
-# caches (eager mode only)
-
-_none_cache: OrderedDict[tuple, Stamped] = OrderedDict()
-_mask_cache = PerTensorCache(_MASK_CACHE_SIZE)
-
-
-def clear_cache() -> None:
-    """Forget every cached statistic and mask property (needed only after editing a mask behind torch's back)."""
-    _none_cache.clear()
-    clear_all()
-
-
-def _through_cache(
-    compute: Callable[..., MaskStats], mask: Tensor | None, args: tuple, device: torch.device, shareable: bool
-) -> MaskStats:
-    """``compute(mask, *args)`` through the caches, with autocast off; computes directly where caching is
-    unsafe. ``device``: where the statistics live (the last of ``args``); ``shareable``: an all-valid mask
-    has the statistics of ``mask=None``."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return compute(mask, *args)
-    key = (compute.__name__,) + tuple(tuple(a) if isinstance(a, list) else a for a in args)
-    if mask is not None and shareable and all_valid(mask):
-        mask = None  # the same statistics, shared by every all-valid mask of this geometry
-    # look up first: the modes below cost more than a hit
-    stats = unstamp(_none_cache.get(key)) if mask is None else _mask_cache.peek(mask, key)
-    if stats is not None:
-        if mask is None:
-            _none_cache.move_to_end(key)
-        return stats
-    # normal tensors even in inference mode: they keep a version counter and may be saved for backward later
-    no_autocast = torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
-    with torch.inference_mode(False), torch.no_grad(), no_autocast:
-        stats = compute(mask, *args)
-    if mask is None:
-        _none_cache[key] = stamp(stats)
-        if len(_none_cache) > _NONE_CACHE_SIZE:
-            _none_cache.popitem(last=False)
-    else:
-        _mask_cache.put(mask, key, stats)
-    return stats
-
-
-def cached_stats(
-    mask: Tensor | None,
-    spatial: list[int],
-    kernel_size: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    pre_pad: list[int],
-    pad_mode: str,
-    groups: int,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> MaskStats:
-    """:func:`compute_stats` through the caches (see the module doc)."""
-    args = (spatial, kernel_size, stride, padding, dilation, pre_pad, pad_mode, groups, dtype, device)
-    return _through_cache(compute_stats, mask, args, device, shareable=groups == 1)
-
-
-def cached_transposed_stats(
-    mask: Tensor | None,
-    spatial: list[int],
-    kernel_size: list[int],
-    stride: list[int],
-    padding: list[int],
-    output_padding: list[int],
-    dilation: list[int],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> MaskStats:
-    """:func:`compute_transposed_stats` through the caches (see the module doc)."""
-    args = (spatial, kernel_size, stride, padding, output_padding, dilation, dtype, device)
-    return _through_cache(compute_transposed_stats, mask, args, device, shareable=True)
-
-
 # ---------------------------------------------------------------------------------------------------
 # applying the statistics to a convolution's output
 
@@ -262,7 +121,7 @@ class _Renormalize(torch.autograd.Function):
         return grad * ratio, None, None, grad_bias, None
 
 
-def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor]) -> Tensor:
+def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor], all_valid: bool = False) -> Tensor:
     """``out * ratio + valid * bias``, in place: a partial convolution's output from its bias-free
     convolution ``out`` (which the caller owns and autograd does not need).
 
@@ -270,6 +129,7 @@ def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor]) -> Tensor
         out: (N, C_out, *out) convolution of the masked input, without bias.
         stats: the layer's :class:`MaskStats`, broadcastable to ``out``.
         bias: (C_out,) or ``None``.
+        all_valid: ``stats.valid`` is known to be 1 everywhere (one pass instead of two).
     """
     ratio, valid = stats
     if bias is None:
@@ -277,15 +137,15 @@ def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor]) -> Tensor
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         # the eager arithmetic, out of place (graph compilers fuse it), rounded once to the output's dtype
         return (torch.addcmul(bias.view([1, -1] + [1] * (out.dim() - 2)), out, ratio) * valid).to(out.dtype)
-    return _renormalize_eager(out, ratio, valid, bias)
+    return _renormalize_eager(out, ratio, valid, bias, all_valid)
 
 
 @torch.jit.unused
-def _renormalize_eager(out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor) -> Tensor:
+def _renormalize_eager(out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor, all_valid: bool) -> Tensor:
     if torch.is_grad_enabled() and (out.requires_grad or bias.requires_grad):
-        return _Renormalize.apply(out, ratio, valid, bias, all_valid(valid))
+        return _Renormalize.apply(out, ratio, valid, bias, all_valid)
     # nothing for autograd to record (no_grad, inference mode, frozen layer): skip its bookkeeping
-    return _renormalize_in_place(out, ratio, valid, bias, all_valid(valid))
+    return _renormalize_in_place(out, ratio, valid, bias, all_valid)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -327,39 +187,177 @@ def transposed_window_sum(
     return window_sum(_interleave_zeros(mask, stride), kernel_size, ones, [0] * len(kernel_size), dilation, pre_pad, "constant")
 
 
-def compute_transposed_stats(
-    mask: Optional[Tensor],
-    spatial: List[int],
-    kernel_size: List[int],
-    stride: List[int],
-    padding: List[int],
-    output_padding: List[int],
-    dilation: List[int],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> MaskStats:
-    """Statistics of a partial transposed convolution: ``ratio = F / S`` and ``valid = [S > 0]``.
+def _outer(lines: List[Tensor]) -> Tensor:
+    """The product of per-dim 1D tensors, (1, 1, *their lengths)."""
+    n = len(lines)
+    s = lines[0].reshape([1, 1, -1] + [1] * (n - 1))
+    for i in range(1, n):
+        shape = [1, 1] + [1] * n
+        shape[2 + i] = lines[i].shape[0]
+        s = s * lines[i].reshape(shape)
+    return s
 
-    ``S`` is the (weighted) number of valid input voxels reaching an output voxel and ``F`` the number
-    that reach it when every input voxel is valid, so an all-valid mask gives ``ratio == 1`` wherever
-    ``F > 0`` (the plain transposed convolution) and output voxels no input reaches are invalid.
+
+@torch.jit.script
+class Windows:
+    """The window geometry of a partial convolution or partial transposed convolution: which input voxels
+    reach each output voxel. Built once per layer; computes the layer's :class:`MaskStats`.
 
     Args:
-        mask: (N or 1, 1, *spatial) validity weights in [0, 1], any dtype; ``None``: all valid.
-        spatial: spatial shape of the layer input.
-        kernel_size, stride, padding, output_padding, dilation: the layer's geometry.
-        dtype: statistics dtype (see :func:`stat_dtype`).
-        device: where the statistics are made.
+        kernel_size, stride, dilation: per spatial dim.
+        padding: zero padding per spatial dim, both sides (a transposed convolution's ``padding``).
+        pre_pad: padding in ``F.pad`` order applied with ``pad_mode`` first (asymmetric 'same' padding and
+            non-zero padding modes, which pad the mask like the input); ``[]`` for none.
+        pad_mode: ``F.pad`` mode of ``pre_pad``.
+        output_padding: a transposed convolution's ``output_padding`` (zeros otherwise).
+        transposed: the windows of a transposed convolution (:func:`transposed_window_sum`).
+
+    ``key`` names the geometry: layers with equal keys have equal statistics for one mask.
     """
-    full = transposed_window_sum(
-        torch.ones([1, 1] + spatial, dtype=dtype, device=device), kernel_size, stride, padding, output_padding, dilation
-    )
-    s = full
-    if mask is not None:
-        s = transposed_window_sum(_weights(mask, dtype), kernel_size, stride, padding, output_padding, dilation)
-    valid = s > 0
-    ratio = torch.where(valid, full / s, torch.zeros((), dtype=dtype, device=s.device))
-    return MaskStats(ratio, mark_binary(valid.to(dtype), valid))
+
+    def __init__(
+        self,
+        kernel_size: List[int],
+        stride: List[int],
+        padding: List[int],
+        dilation: List[int],
+        pre_pad: List[int],
+        pad_mode: str,
+        output_padding: List[int],
+        transposed: bool,
+    ) -> None:
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.pre_pad = pre_pad
+        self.pad_mode = pad_mode
+        self.output_padding = output_padding
+        self.transposed = transposed
+        self.key = "k{} s{} p{} d{} pre{} {} op{} t{}".format(
+            kernel_size, stride, padding, dilation, pre_pad, pad_mode, output_padding, transposed
+        )
+
+    def sums(self, mask: Tensor) -> Tensor:
+        """Sum of ``mask`` (N, C, *spatial) over each output voxel's window, per channel: (N, C, *out)."""
+        if self.transposed:
+            return transposed_window_sum(mask, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation)
+        return window_sum(mask, self.kernel_size, self.stride, self.padding, self.dilation, self.pre_pad, self.pad_mode)
+
+    def line_sums(self, spatial: List[int], dtype: torch.dtype, device: torch.device) -> List[Tensor]:
+        """The window sums of an all-valid mask, one 1D tensor per spatial dim: that mask is separable,
+        so its sums are the outer product of these (a few tiny passes instead of several full ones)."""
+        n = len(self.kernel_size)
+        lines: List[Tensor] = []
+        for i in range(n):
+            ones = torch.ones([1, 1, spatial[i]], dtype=dtype, device=device)
+            k, st, d = [self.kernel_size[i]], [self.stride[i]], [self.dilation[i]]
+            if self.transposed:
+                s = transposed_window_sum(ones, k, st, [self.padding[i]], [self.output_padding[i]], d)
+            else:
+                pre: List[int] = []
+                if len(self.pre_pad) > 0:
+                    pre = self.pre_pad[2 * (n - 1 - i) : 2 * (n - i)]
+                s = window_sum(ones, k, st, [self.padding[i]], d, pre, self.pad_mode)
+            lines.append(s.reshape(-1))
+        return lines
+
+    def stats(self, mask: Optional[Tensor], spatial: List[int], groups: int, dtype: torch.dtype, device: torch.device) -> MaskStats:
+        """Window statistics of ``mask`` for this geometry.
+
+        Args:
+            mask: (N or 1, 1 or groups * k, *spatial) validity weights, any dtype; ``None`` means every
+                voxel of ``spatial`` is valid and only padding is missing.
+            spatial: spatial shape of the layer input.
+            groups: number of mask channel groups counted separately (1 for a single-channel mask).
+            dtype: statistics dtype (see :func:`stat_dtype`).
+            device: where statistics for ``mask=None`` are made.
+        """
+        full = torch.zeros(0)
+        if mask is None or self.transposed:
+            full = _outer(self.line_sums(spatial, dtype, device))
+        if mask is None:
+            s = full
+        else:
+            m = _weights(mask, dtype)
+            if m.shape[1] > 1:
+                # a window of a group spans all of the group's input channels: sum them before sliding
+                m = m.reshape([m.shape[0], groups, m.shape[1] // groups] + list(m.shape[2:])).sum(2)
+            s = self.sums(m)
+        valid = s > 0
+        zero = torch.zeros((), dtype=dtype, device=s.device)
+        if self.transposed:
+            ratio = torch.where(valid, full / s, zero)
+        else:
+            winsize = 1.0 if mask is None else float(mask.shape[1] // groups)
+            for k in self.kernel_size:
+                winsize *= k
+            ratio = torch.where(valid, winsize / s, zero)
+        return MaskStats(ratio, valid.to(dtype))
+
+
+def full_stats(windows: Windows, spatial: List[int], dtype: torch.dtype, device: torch.device) -> Optional[MaskStats]:
+    """The statistics of an all-valid mask (or none) when every window of ``windows`` reaches an input
+    voxel, else ``None`` (then :meth:`Windows.stats` has them, with the holes such windows make).
+
+    Eager shortcut of :meth:`Windows.stats`: the all-valid mask is separable, so its window sums are the
+    outer product of per-dim counts, which are integer arithmetic on the host. ``valid`` is 1 everywhere,
+    so is a transposed convolution's ratio ``F / S``, and a convolution's ratio is ``winsize`` over the
+    product (1 where every window is full). On the CPU it is built from the counts directly; elsewhere
+    the counts are computed on the device (:meth:`Windows.line_sums`), since copying them from the host
+    would wait for it.
+    """
+    counts = [_line_counts(windows, spatial, i) for i in range(len(spatial))]
+    if any(min(c) == 0 for c in counts):
+        return None
+    one = torch.ones((), dtype=dtype, device=device).expand([1, 1] + [len(c) for c in counts])  # no memory
+    full = all(min(c) == max(c) == k for c, k in zip(counts, windows.kernel_size))
+    if windows.transposed or full:  # F / S with S = F, or winsize / S with every window full
+        return MaskStats(one, one)
+    if device.type == "cpu":
+        # winsize / S as the product of per-dim factors k / count
+        factors = [torch.tensor([k / c for c in line], dtype=dtype) for line, k in zip(counts, windows.kernel_size)]
+        return MaskStats(_outer(factors), one)
+    winsize = 1.0
+    for k in windows.kernel_size:
+        winsize *= k
+    return MaskStats(winsize / _outer(windows.line_sums(spatial, dtype, device)), one)
+
+
+def _line_counts(windows: Windows, spatial: List[int], i: int) -> tuple:
+    """Input voxels that reach each output voxel along spatial dim ``i`` when all are valid."""
+    n = len(windows.kernel_size)
+    k, stride, dilation = windows.kernel_size[i], windows.stride[i], windows.dilation[i]
+    if windows.transposed:
+        return _transposed_counts(spatial[i], k, stride, windows.padding[i], windows.output_padding[i], dilation)
+    before = after = windows.padding[i]
+    length = spatial[i]
+    if len(windows.pre_pad) > 0:
+        before, after = windows.pre_pad[2 * (n - 1 - i)], windows.pre_pad[2 * (n - 1 - i) + 1]
+        if windows.pad_mode != "constant":  # padded like the input: those voxels are valid
+            length, before, after = length + before + after, 0, 0
+    return _counts(length, k, stride, before, after, dilation)
+
+
+# The counts are a pure function of their integer arguments: they cannot go stale, and hold no tensors.
+@functools.lru_cache(maxsize=1024)
+def _counts(length: int, k: int, stride: int, before: int, after: int, dilation: int) -> tuple:
+    """Input voxels in each window of a 1D convolution over ``length`` voxels zero-padded by ``before``/``after``."""
+    out = (length + before + after - dilation * (k - 1) - 1) // stride + 1
+    return tuple(sum(0 <= o * stride - before + dilation * j < length for j in range(k)) for o in range(out))
+
+
+@functools.lru_cache(maxsize=1024)
+def _transposed_counts(length: int, k: int, stride: int, padding: int, output_padding: int, dilation: int) -> tuple:
+    """Input voxels reaching each output voxel of a 1D transposed convolution over ``length`` voxels."""
+    out = (length - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1
+    counts = [0] * out
+    for i in range(length):
+        for j in range(k):
+            o = i * stride + dilation * j - padding
+            if 0 <= o < out:
+                counts[o] += 1
+    return tuple(counts)
 
 
 class MaskedMoments(NamedTuple):
@@ -371,7 +369,7 @@ class MaskedMoments(NamedTuple):
     count: Tensor
 
 
-def masked_moments(x: Tensor, valid: Tensor, dims: List[int]) -> MaskedMoments:
+def masked_moments(x: Tensor, valid: Tensor, dims: List[int], mask: Optional[Tensor] = None) -> MaskedMoments:
     """Mean and biased variance of ``x`` over ``dims``, counting only voxels where ``valid == 1``.
 
     Args:
@@ -379,6 +377,7 @@ def masked_moments(x: Tensor, valid: Tensor, dims: List[int]) -> MaskedMoments:
         valid: binary (0/1) mask of ``x``'s dtype, broadcastable to ``x`` (size 1 or ``x``'s size in every
             dim). It is the one tensor autograd keeps for the masking, shared by reference.
         dims: the reduced dims.
+        mask: the carrier ``valid`` came from, if any (then a tensor it vouches for is not masked again).
 
     Returns ``mean``, ``var`` and ``count`` (the number of valid elements) with the reduced dims kept, in
     :func:`stat_dtype` (half-precision sums overflow and round), and ``centered = x - mean`` in ``x``'s dtype
@@ -392,7 +391,7 @@ def masked_moments(x: Tensor, valid: Tensor, dims: List[int]) -> MaskedMoments:
             broadcast *= x.shape[d]
     count = count * broadcast
     denom = count.clamp_min(1.0)
-    xm = apply_mask(x, valid)
+    xm = apply_mask(x, valid if mask is None else mask)
     mean = xm.sum(dims, keepdim=True, dtype=acc) / denom
     # xm - mean on valid voxels, 0 in holes: one pass
     centered = torch.addcmul(xm, mean.to(x.dtype), valid, value=-1.0)

@@ -9,6 +9,7 @@ from monai.networks import eval_mode
 from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
 from pconv3d import PartialConv3d
+from pconv3d.mask import Mask
 from pconv3d.networks import PartialBasicUNet, PartialDynUNet, PartialUNet, to_partial
 from tests.masks import MIXED, fill_holes, holes, run, stray_tensors
 
@@ -222,13 +223,8 @@ def test_reduced_precision_networks_stay_finite_and_close(precision):
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name,cls_p,cls_m,kw,spatial", NETS, ids=IDS)
 def test_shortcuts_change_nothing(name, cls_p, cls_m, kw, spatial, training, monkeypatch):
-    """Clean marks, all-valid facts (shared statistics, torch norms, union shortcut) only skip work:
-    outputs and gradients equal those of a run that takes none of them."""
-    import pconv3d.blocks.norm
-    import pconv3d.blocks.skip
-    import pconv3d.mask_stats
-    import pconv3d.masking
-
+    """Vouched-for tensors and all-valid facts (shared statistics, one-pass rescaling, torch norms, union
+    shortcut) only skip work: outputs and gradients equal those of a run that takes none of them."""
     net, _ = pair(cls_p, cls_m, kw)
     net.train(training)
     x, m = data(kw, spatial)
@@ -241,12 +237,21 @@ def test_shortcuts_change_nothing(name, cls_p, cls_m, kw, spatial, training, mon
         return y.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None]
 
     y_fast, g_fast = forward_and_grads()
-    monkeypatch.setattr(pconv3d.masking, "_is_clean", lambda x, mask: False)
-    for module in (pconv3d.masking, pconv3d.mask_stats, pconv3d.blocks.norm, pconv3d.blocks.skip):
-        monkeypatch.setattr(module, "all_valid", lambda mask: False)
-    pconv3d.mask_stats.clear_cache()
+    # the facts live in the carrier, and only there: turning them off there turns off every shortcut
+    monkeypatch.setattr(Mask, "all_valid", property(lambda self: False))
+    monkeypatch.setattr(Mask, "vouches_for", lambda self, x: False)
     y_slow, g_slow = forward_and_grads()
     torch.testing.assert_close(y_fast, y_slow, rtol=1e-4, atol=1e-5)
     assert len(g_fast) == len(g_slow)
     for a, b in zip(g_fast, g_slow):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_network_compiles_fullgraph_and_traces():
+    """The carrier is eager Python: torch.compile traces through it in one graph, tracing records its ops."""
+    net, _ = pair(PartialUNet, UNet, NETS[1][3])
+    net.eval()
+    x, m = data(NETS[1][3], (16, 16, 16))
+    want = net(x, m)
+    torch.testing.assert_close(torch.compile(net, fullgraph=True)(x, m), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.jit.trace(net, (x, m))(x, m), want, rtol=1e-5, atol=1e-6)

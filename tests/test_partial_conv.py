@@ -12,7 +12,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.reference_baseline import ReferencePartialConv3d
+from tests.reference_baseline import ReferencePartialConv3d
 from pconv3d import PartialConv1d, PartialConv2d, PartialConv3d
 from pconv3d.masking import apply_mask
 from tests.oracle import partial_conv_oracle

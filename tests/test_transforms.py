@@ -526,3 +526,54 @@ def test_interpolate_slices_matches_numpy_interp_and_leaves_valid_slices():
     assert torch.equal(out[..., keep], img[..., keep])
     d = InterpolateSlicesd("image", axis=2)({"image": torch.nan_to_num(holes), "mask": mask})
     assert torch.equal(d["mask"], mask) and torch.allclose(d["image"], out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# one meaning of valid: binary masks nonzero, floating masks weights in [0, 1]
+
+
+def test_soft_weights_travel_through_the_transforms_unchanged():
+    rng = np.random.default_rng(5)
+    x = meta_image(random_image(rng, (8, 8, 8)))
+    weights = meta_image(rng.choice([0.0, 0.25, 0.5, 1.0], size=(8, 8, 8)).astype(np.float32))
+    d = DeriveMaskd("image", mask_key="mask")({"image": x, "mask": weights})
+    assert torch.equal(d["mask"].as_tensor(), weights.as_tensor())  # 0.25 is valid data, not a hole
+    assert torch.equal(d["image"].as_tensor()[weights.as_tensor() != 0], x.as_tensor()[weights.as_tensor() != 0])
+    assert (d["image"].as_tensor()[weights.as_tensor() == 0] == 0).all()
+    dropped = DropSlicesd("image", fraction=0.25, pattern="regular")(d)
+    kept = dropped["mask"].as_tensor()
+    holes_new = (kept == 0) & (weights.as_tensor() != 0)
+    assert holes_new.any()  # new holes are 0 ...
+    assert torch.equal(kept[kept != 0], weights.as_tensor()[kept != 0])  # ... and every other weight is kept
+    norm = MaskedNormalizeIntensityd("image", mask_key="mask")(dropped)
+    assert (norm["image"].as_tensor()[kept == 0] == 0).all() and norm["image"].as_tensor()[kept != 0].std() > 0.5
+
+
+def test_integer_masks_are_valid_wherever_nonzero():
+    rng = np.random.default_rng(6)
+    x = meta_image(random_image(rng, (6, 6, 6)))
+    binary = rng.random((6, 6, 6)) > 0.3
+    as_255 = MetaTensor(torch.as_tensor(binary.astype(np.uint8) * 255)[None], affine=torch.as_tensor(AFFINE))
+    d = DeriveMaskd("image", mask_key="mask")({"image": x, "mask": as_255})
+    assert torch.equal(d["mask"].as_tensor(), torch.as_tensor(binary, dtype=torch.float32)[None])
+
+
+@pytest.mark.parametrize("bad", [255.0, -0.5, float("nan")])
+def test_floating_masks_outside_0_1_are_refused_with_key_and_value(bad):
+    rng = np.random.default_rng(7)
+    x = meta_image(random_image(rng, (6, 6, 6)))
+    m = np.ones((6, 6, 6), np.float32)
+    m[1, 2, 3] = bad
+    for tf in (DeriveMaskd("image", mask_key="validity"), FillHolesd("image", mask_key="validity"),
+               DropSlicesd("image", fraction=0.5, mask_key="validity")):
+        with pytest.raises(ValueError, match=rf"'validity'.*weights in \[0, 1\], found {re.escape(str(bad))}"):
+            tf({"image": x, "validity": meta_image(m)})
+
+
+def test_recipes_read_integer_mask_files_as_nonzero_valid(tmp_path):
+    rng = np.random.default_rng(13)
+    image = rng.uniform(1.0, 2.0, (8, 8, 6)).astype(np.float32)
+    valid = rng.random((8, 8, 6)) > 0.3
+    item = _files(tmp_path, image=image, mask=(valid * 255).astype(np.uint8))  # a 0/255 mask file
+    d = infer_transforms(axcodes=None, normalize=None)(item)
+    np.testing.assert_array_equal(d["mask"][0].numpy(), valid.astype(np.float32))

@@ -1,5 +1,9 @@
 """Partial-convolution blocks for MONAI networks: every block takes and returns ``(x, mask)``.
 
+A mask may be a tensor or a :class:`~pconv3d.mask.Mask` carrier; a block returns its mask the way it was
+given (networks pass one carrier through the whole call). Blocks call their partial convolutions as
+modules, so forward hooks fire on every one of them.
+
 Importing this package registers the partial layers in MONAI's factories (see
 :mod:`pconv3d.blocks.factories`): ``Conv["partialconv"]``, ``Conv["partialconvtrans"]``,
 ``Norm["maskedinstance"]``, ``Norm["maskedbatch"]``, ``Norm["maskedgroup"]``.
@@ -26,7 +30,8 @@ from pconv3d.blocks.norm import (
 )
 from pconv3d.blocks.residual import PartialIdentity, PartialResidualUnit
 from pconv3d.blocks.sampling import PartialMaxPool, PartialUpSample
-from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection, any_channel, mask_union
+from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection
+from pconv3d.mask import any_channel, mask_union
 
 __all__ = [
     "PARTIAL_CONV",

@@ -10,87 +10,53 @@ by rescaling as partial convolution does, and an all-valid mask gives exactly ``
 wherever ``F > 0``. Holes never reach the output, whatever they hold.
 """
 
-from __future__ import annotations
+from typing import List
 
-from typing import Optional, Tuple
-
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pconv3d.mask_stats import MaskStats, cached_transposed_stats, compute_transposed_stats, renormalize, stat_dtype
-from pconv3d.masking import apply_mask
+from pconv3d.mask_stats import Windows
+from pconv3d.partial_conv import PartialConvBase
 
 __all__ = ["PartialConvTranspose1d", "PartialConvTranspose2d", "PartialConvTranspose3d"]
 
 
-class _PartialConvTransposeNd:
-    """Partial behaviour shared by the 1d/2d/3d classes (mixed in before ``nn.ConvTransposeNd``).
+class _PartialConvTransposeNd(PartialConvBase):
+    """Partial behaviour shared by the 1d/2d/3d classes (mixed in before ``nn.ConvTransposeNd``); the
+    operator itself is :class:`~pconv3d.partial_conv.PartialConvBase`.
 
     Args:
         *args, **kwargs: exactly those of ``nn.ConvTransposeNd``.
         return_mask: ``forward`` returns ``(output, updated_mask)`` instead of ``output``.
 
     ``forward(input, mask_in=None)``: ``mask_in`` is (1 or N, 1, *spatial), bool/integer (binary) or
-    floating (weights in [0, 1]); ``None`` means all valid. The returned mask has the input's dtype and
-    shape (N, 1, *out).
+    floating (weights in [0, 1]), a tensor or a :class:`~pconv3d.mask.Mask`; ``None`` means all valid.
+    The returned mask has the input's dtype and shape (N, 1, *out).
     """
-
-    __constants__ = nn.ConvTranspose3d.__constants__ + ["return_mask"]
 
     def __init__(self, *args, return_mask: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise ValueError(f"partial transposed convolution: padding_mode must be 'zeros', got {self.padding_mode!r}")
+        self.multi_channel = False
         self.return_mask = return_mask
+        self.windows = Windows(list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation), [],
+                               "constant", list(self.output_padding), True)
+        self._plain_when_unmasked = False  # outputs no input reaches are 0 and invalid
 
-    def forward(self, input: Tensor, mask_in: Optional[Tensor] = None):
-        out, mask = self.partial_forward(input, mask_in)
-        if self.return_mask:
-            return out, mask
-        return out
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", return_mask={self.return_mask}"
-
-    def _conv_transpose(self, x: Tensor) -> Tensor:
+    def _conv(self, x: Tensor) -> Tensor:
         """The bias-free transposed convolution, through the functional that autocast knows."""
-        args = (list(self.stride), list(self.padding), list(self.output_padding), self.groups, list(self.dilation))
+        stride: List[int] = list(self.stride)
+        padding: List[int] = list(self.padding)
+        output_padding: List[int] = list(self.output_padding)
+        dilation: List[int] = list(self.dilation)
         n = len(self.kernel_size)
         if n == 1:
-            return F.conv_transpose1d(x, self.weight, None, *args)
+            return F.conv_transpose1d(x, self.weight, None, stride, padding, output_padding, self.groups, dilation)
         if n == 2:
-            return F.conv_transpose2d(x, self.weight, None, *args)
-        return F.conv_transpose3d(x, self.weight, None, *args)
-
-    @torch.jit.unused
-    def _cached_stats(self, mask: Optional[Tensor], stats_args: tuple) -> MaskStats:
-        return cached_transposed_stats(mask, *stats_args)
-
-    def partial_forward(self, input: Tensor, mask_in: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """Partial transposed convolution of ``input`` under ``mask_in``; returns ``(output, updated_mask)``."""
-        spatial = list(input.shape[2:])
-        if mask_in is not None and (
-            mask_in.dim() != input.dim() or mask_in.shape[1] != 1 or mask_in.shape[0] not in (1, input.shape[0])
-            or list(mask_in.shape[2:]) != spatial
-        ):
-            raise ValueError(
-                f"partial transposed convolution: mask_in must have shape (1 or {input.shape[0]}, 1, *{spatial}) "
-                f"for input of shape {list(input.shape)}; got mask of shape {list(mask_in.shape)}"
-            )
-        stats_args = (
-            spatial, list(self.kernel_size), list(self.stride), list(self.padding), list(self.output_padding),
-            list(self.dilation), stat_dtype(input.dtype), input.device,
-        )
-        if torch.jit.is_scripting():
-            stats = compute_transposed_stats(mask_in, *stats_args)
-        else:
-            stats = self._cached_stats(mask_in, stats_args)
-        out = renormalize(self._conv_transpose(apply_mask(input, mask_in)), stats, self.bias)
-        valid = stats.valid
-        mask_out = valid.to(input.dtype).expand([out.shape[0], 1] + list(out.shape[2:]))
-        return out, mask_out
+            return F.conv_transpose2d(x, self.weight, None, stride, padding, output_padding, self.groups, dilation)
+        return F.conv_transpose3d(x, self.weight, None, stride, padding, output_padding, self.groups, dilation)
 
 
 class PartialConvTranspose1d(_PartialConvTransposeNd, nn.ConvTranspose1d):

@@ -11,6 +11,7 @@ from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_no
 from torch import Tensor
 
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS, masked_norm
+from pconv3d.mask import as_carrier, as_given, first_channel, tensor_of
 from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = ["PartialADN", "PartialConvolution", "ZERO_PRESERVING_ACTS"]
@@ -164,10 +165,13 @@ class PartialConvolution(nn.Module):
         )
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        x, mask_out = self.conv.partial_forward(x, mask)
-        if mask is None or mask.shape[1] == 1 or self.conv.groups == 1:
-            mask_out = mask_out[:, :1]  # every output channel shares one mask: keep a single channel
-        x = mark_clean(x, mask_out)  # windows without a valid voxel are exactly 0
+        m = as_carrier(mask)
+        y = self.conv(x, m)
+        mask_out = self.conv.updated_mask(x, m)
+        given = tensor_of(mask)
+        if given is None or given.shape[1] == 1 or self.conv.groups == 1:
+            mask_out = first_channel(mask_out)  # every output channel shares one mask: keep a single channel
+        y = mark_clean(y, mask_out)  # windows without a valid voxel are exactly 0
         if hasattr(self, "adn"):
-            x = self.adn(x, mask_out)
-        return x, mask_out
+            y = self.adn(y, mask_out)
+        return y, as_given(mask_out, mask)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from pconv3d.blocks.convolution import PartialConvolution
 from pconv3d.blocks.factories import masked_norm
-from pconv3d.blocks.skip import mask_union
+from pconv3d.mask import as_carrier, as_given, mask_union
 from pconv3d.masking import apply_mask
 
 __all__ = [
@@ -111,11 +111,11 @@ class PartialUnetBasicBlock(nn.Module):
         self.norm2 = _masked_norm_layer(norm_name, spatial_dims, out_channels)
 
     def forward(self, inp: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        out, m = self.conv1(inp, mask)
+        out, m = self.conv1(inp, as_carrier(mask))
         out = self.lrelu(self.norm1(out, m))  # conv2 reads valid voxels only: no clearing needed here
         out, m = self.conv2(out, m)
         out = self.lrelu(self.norm2(out, m))
-        return apply_mask(out, m), m
+        return apply_mask(out, m), as_given(m, mask)
 
 
 class PartialUnetResBlock(PartialUnetBasicBlock):
@@ -154,19 +154,20 @@ class PartialUnetResBlock(PartialUnetBasicBlock):
             self.norm3 = _masked_norm_layer(norm_name, spatial_dims, out_channels)
 
     def forward(self, inp: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        out, m = self.conv1(inp, mask)
+        m_in = as_carrier(mask)
+        out, m = self.conv1(inp, m_in)
         out = self.lrelu(self.norm1(out, m))
         out, m = self.conv2(out, m)
         out = self.norm2(out, m)
         if hasattr(self, "conv3"):
-            residual, res_mask = self.conv3(inp, mask)
+            residual, res_mask = self.conv3(inp, m_in)
             residual = self.norm3(residual, res_mask)
             m = mask_union(m, res_mask)
         else:
-            residual = apply_mask(inp, mask)
-            m = mask_union(m, mask)
+            residual = apply_mask(inp, m_in)
+            m = mask_union(m, m_in)
         out = self.lrelu(out + residual)
-        return apply_mask(out, m), m
+        return apply_mask(out, m), as_given(m, mask)
 
 
 class PartialUnetUpBlock(nn.Module):
@@ -210,8 +211,10 @@ class PartialUnetUpBlock(nn.Module):
     def forward(
         self, inp: Tensor, skip: Tensor, mask: Optional[Tensor] = None, skip_mask: Optional[Tensor] = None
     ) -> Tuple[Tensor, Tensor]:
-        out, m = self.transp_conv(inp, mask)
-        return self.conv_block(torch.cat((out, apply_mask(skip, skip_mask)), dim=1), mask_union(m, skip_mask))
+        skip_m = as_carrier(skip_mask)
+        out, m = self.transp_conv(inp, as_carrier(mask))
+        out, m = self.conv_block(torch.cat((out, apply_mask(skip, skip_m)), dim=1), mask_union(m, skip_m))
+        return out, as_given(m, mask)
 
 
 class PartialUnetOutBlock(nn.Module):

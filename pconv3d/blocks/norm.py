@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from pconv3d.mask import tensor_of
 from pconv3d.mask_stats import masked_moments
 from pconv3d.masking import all_valid, apply_mask, mark_clean
 
@@ -55,39 +56,40 @@ class MaskedNorm:
     """
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        if not torch.jit.is_scripting() and self._torch_rules() and (mask is None or self._all_valid_eager(mask)):
+        if self._torch_kernels_apply(mask):
             return self._torch_norm(input)
         spatial = input.dim() - 2
-        if mask is None:
+        m = tensor_of(mask)
+        if m is None:
             valid = torch.ones([1, 1] + list(input.shape[2:]), dtype=input.dtype, device=input.device)
-        elif mask.is_floating_point():
-            # already 0/1: used as is (the very tensor, so that marks on the input still apply), and
-            # autograd shares it with the conv
-            valid = (mask.detach() if mask.requires_grad else mask).to(input.dtype)
+        elif m.is_floating_point():
+            # already 0/1: used as is, and autograd shares it with the conv
+            valid = (m.detach() if m.requires_grad else m).to(input.dtype)
         else:
-            valid = (mask != 0).to(input.dtype)
-        centered, rstd = self._centered(input, valid)
+            valid = (m != 0).to(input.dtype)
+        centered, rstd = self._centered(input, valid, mask)
         weight, bias = self.weight, self.bias
         scale = rstd if weight is None else rstd * _channel_view(weight, spatial)
         y = centered * scale
         if bias is not None:
             y = torch.addcmul(y, valid, _channel_view(bias, spatial))
-        return y if mask is None else mark_clean(y, mask)
+        return mark_clean(y, mask)
 
-    def _centered(self, input: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(input - mean)`` with holes exactly 0, and ``1 / sqrt(var + eps)`` per (instance or 1, channel)."""
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """``(input - mean)`` with holes exactly 0, and ``1 / sqrt(var + eps)`` per (instance or 1, channel);
+        ``valid`` is ``mask`` (a tensor or carrier, ``None`` for all valid) as 0/1 of ``input``'s dtype."""
         raise NotImplementedError
 
-    @torch.jit.unused
-    def _torch_rules(self) -> bool:
-        """Whether the torch norm follows the rules here: all but torch's instance norm with ``momentum=None``,
-        which leaves its running statistics as they are (here: a cumulative average)."""
+    def _torch_kernels_apply(self, mask: Optional[Tensor]) -> bool:
+        """Whether nothing is missing (no mask, or one known all valid) and the torch norm follows the rules
+        here: then its own kernels give the same result in fewer passes. All torch norms follow them but
+        instance norm with ``momentum=None``, which leaves its running statistics as they are (here: a
+        cumulative average). Never under TorchScript."""
+        if torch.jit.is_scripting():
+            return False
         updates = self.training and getattr(self, "track_running_stats", False)
-        return not (updates and self.momentum is None and isinstance(self, nn.modules.instancenorm._InstanceNorm))
-
-    @torch.jit.unused
-    def _all_valid_eager(self, mask: Tensor) -> bool:
-        return all_valid(mask)
+        cumulative = updates and self.momentum is None and isinstance(self, nn.modules.instancenorm._InstanceNorm)
+        return not cumulative and all_valid(mask)
 
     @torch.jit.unused
     def _torch_norm(self, input: Tensor) -> Tensor:
@@ -101,15 +103,16 @@ class _MaskedRunningNorm(MaskedNorm):
     def _stat_dims(self, input: Tensor) -> List[int]:
         raise NotImplementedError
 
-    def _centered(self, input: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         running_mean, running_var = self.running_mean, self.running_var
         if self.training or running_mean is None or running_var is None:
-            mean, var, centered, count = masked_moments(input, valid, self._stat_dims(input))
+            mean, var, centered, count = masked_moments(input, valid, self._stat_dims(input), mask)
             if self.training and running_mean is not None and running_var is not None:
                 self._update_running_stats(running_mean, running_var, mean, var, count)
             return centered, torch.rsqrt(var + self.eps).to(input.dtype)
         spatial = input.dim() - 2
-        centered = torch.addcmul(apply_mask(input, valid), _channel_view(running_mean, spatial), valid, value=-1.0)
+        masked = apply_mask(input, valid if mask is None else mask)
+        centered = torch.addcmul(masked, _channel_view(running_mean, spatial), valid, value=-1.0)
         return centered, _channel_view(torch.rsqrt(running_var + self.eps), spatial)
 
     def _update_running_stats(
@@ -201,7 +204,7 @@ class MaskedGroupNorm(MaskedNorm, nn.GroupNorm):
         >>> y = norm(torch.randn(2, 8, 16, 16, 16), torch.rand(2, 1, 16, 16, 16) > 0.3)
     """
 
-    def _centered(self, input: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         grouped, valid_grouped = self._group(input, valid)
         _, var, centered, _ = masked_moments(grouped, valid_grouped, list(range(2, grouped.dim())))
         # one rstd per group, repeated for the group's channels: (N, C, 1, ...)

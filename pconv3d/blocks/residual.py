@@ -13,18 +13,21 @@ from torch import Tensor
 
 from pconv3d.blocks.convolution import PartialConvolution
 from pconv3d.blocks.factories import PARTIAL_CONV
-from pconv3d.blocks.skip import PartialSequential, any_channel, mask_union
+from pconv3d.blocks.skip import PartialSequential
+from pconv3d.mask import any_channel, as_carrier, as_given, first_channel, mask_union, tensor_of
 from pconv3d.masking import apply_mask, mark_clean
 
 __all__ = ["PartialIdentity", "PartialResidualUnit"]
 
 
-class PartialIdentity(nn.Identity):
+class PartialIdentity(nn.Module):
     """Identity on ``(x, mask)`` pairs that clears the holes of ``x`` (they may hold anything) and returns
-    the mask single-channel (:func:`~pconv3d.blocks.skip.any_channel`)."""
+    the mask single-channel (:func:`~pconv3d.mask.any_channel`)."""
 
-    def partial_forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         if mask is None:
+            return x, mask
+        if tensor_of(mask) is None:  # a carrier without a tensor: all valid
             return x, mask
         return apply_mask(x, mask), any_channel(mask)
 
@@ -48,6 +51,8 @@ class PartialResidualUnit(nn.Module):
         >>> unit = PartialResidualUnit(3, 1, 8, strides=2, subunits=2)
         >>> y, m = unit(torch.randn(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16) > 0.3)
     """
+
+    __constants__ = ["identity_residual"]
 
     def __init__(
         self,
@@ -104,11 +109,19 @@ class PartialResidualUnit(nn.Module):
             self.residual = Conv[PARTIAL_CONV, spatial_dims](
                 in_channels, out_channels, rkernel_size, strides, rpadding, bias=bias, multi_channel=True
             )
+        self.identity_residual = isinstance(self.residual, PartialIdentity)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        res, res_mask = self.residual.partial_forward(x, mask)
-        if res_mask is not None:
-            res_mask = res_mask[:, :1]  # single channel already, or a non-grouped convolution's shared mask
-        cx, cx_mask = self.conv(x, mask)
+        m = as_carrier(mask)
+        res, res_mask = self._residual(x, m)
+        cx, cx_mask = self.conv(x, m)
         merged = mask_union(cx_mask, res_mask)
-        return mark_clean(cx + res, merged), merged
+        return mark_clean(cx + res, merged), as_given(merged, mask)
+
+    def _residual(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        # a constant: scripting compiles only the branch that matches the residual's type
+        if self.identity_residual:
+            return self.residual(x, mask)
+        res = self.residual(x, mask)
+        # single channel already, or a non-grouped convolution's shared mask
+        return res, first_channel(self.residual.updated_mask(x, mask))

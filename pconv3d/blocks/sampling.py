@@ -23,7 +23,8 @@ from monai.utils import InterpolateMode, UpsampleMode, ensure_tuple_rep, look_up
 from torch import Tensor
 
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS
-from pconv3d.masking import apply_mask
+from pconv3d.mask import Mask, as_carrier, as_given, first_channel, tensor_of
+from pconv3d.masking import all_valid, apply_mask, mark_clean
 
 __all__ = ["PartialMaxPool", "PartialUpSample"]
 
@@ -60,14 +61,18 @@ class PartialMaxPool(nn.Module):
         )
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        if mask is None:
+        m = tensor_of(mask)
+        if m is None or all_valid(mask):  # nothing missing: the plain pooling
             y = self.pool(x)
-            return y, torch.ones([y.shape[0], 1] + list(y.shape[2:]), dtype=x.dtype, device=x.device)
+            ones = torch.ones([y.shape[0], 1] + list(y.shape[2:]), dtype=x.dtype, device=x.device)
+            return y, _handed_on(ones, mask, True, True)
         # holes become -inf so that they never win a window (and never receive a gradient)
-        filled = torch.where(mask != 0, x, torch.full((), float("-inf"), dtype=x.dtype, device=x.device))
+        filled = torch.where(m != 0, x, torch.full((), float("-inf"), dtype=x.dtype, device=x.device))
         y = self.pool(filled)
-        mask_out = self.pool(mask.detach().to(x.dtype))
-        return apply_mask(y, mask_out != 0), mask_out.expand([y.shape[0], mask_out.shape[1]] + list(y.shape[2:]))
+        pooled = self.pool(m.detach().to(x.dtype))
+        y = apply_mask(y, pooled != 0)
+        mask_out = _handed_on(pooled.expand([y.shape[0], pooled.shape[1]] + list(y.shape[2:])), mask, None, None)
+        return mark_clean(y, mask_out), mask_out
 
 
 class PartialUpSample(nn.Module):
@@ -162,20 +167,37 @@ class PartialUpSample(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if hasattr(self, "deconv"):
-            return self.deconv.partial_forward(x, mask)
+            m = as_carrier(mask)
+            y = self.deconv(x, m)
+            return y, as_given(self.deconv.updated_mask(x, m), mask)
         if hasattr(self, "deconvgroup"):
-            return self.deconvgroup.partial_forward(x, mask)
+            m = as_carrier(mask)
+            y = self.deconvgroup(x, m)
+            return y, as_given(self.deconvgroup.updated_mask(x, m), mask)
+        m = mask
         if hasattr(self, "preconv"):
-            x, pre_mask = self.preconv.partial_forward(x, mask)
-            mask = pre_mask[:, :1]
-        if mask is None:
+            m = as_carrier(mask)
+            y = self.preconv(x, m)
+            m = first_channel(self.preconv.updated_mask(x, m))
+            x = y
+        weights = tensor_of(m)
+        if weights is None:
             weights = torch.ones([1, 1] + list(x.shape[2:]), dtype=x.dtype, device=x.device)
         else:
-            weights = mask.detach().to(x.dtype)
-        up = self.upsample_non_trainable(apply_mask(x, weights))
+            x = apply_mask(x, m)
+            weights = weights.detach().to(x.dtype)
+        up = self.upsample_non_trainable(x)
         up_weights = self.upsample_non_trainable(weights)
         valid = up_weights > 0
         # the weights carry no gradient, so this ratio (0 where nothing is valid) is safe to differentiate through
         ratio = torch.where(valid, 1.0 / up_weights, torch.zeros((), dtype=x.dtype, device=x.device))
         mask_out = valid.to(x.dtype)
-        return up * ratio, mask_out.expand([up.shape[0], mask_out.shape[1]] + list(up.shape[2:]))
+        mask_out = _handed_on(mask_out.expand([up.shape[0], mask_out.shape[1]] + list(up.shape[2:])), mask, True, None)
+        return up * ratio, mask_out
+
+
+def _handed_on(mask_out: Tensor, given: Optional[Tensor], binary: Optional[bool], all_valid: Optional[bool]) -> Tensor:
+    """``mask_out`` as a block returns it: a carrier with these facts if it was given one, else the tensor."""
+    if torch.jit.is_scripting():
+        return mask_out
+    return given.then(mask_out, binary=binary, all_valid=all_valid) if isinstance(given, Mask) else mask_out

@@ -21,43 +21,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.masking import all_valid, apply_mask, mark_clean
+from pconv3d.mask import as_carrier, as_given, mask_intersection, mask_union, tensor_of
+from pconv3d.masking import apply_mask, mark_clean
 
-__all__ = ["any_channel", "mask_union", "PartialSequential", "PartialSkipConnection"]
-
-
-def any_channel(mask: Tensor) -> Tensor:
-    """Single-channel version of a mask: a voxel is valid if any channel is (weights: the largest)."""
-    return mask.amax(1, keepdim=True) if mask.shape[1] > 1 else mask
-
-
-def mask_union(a: Tensor, b: Optional[Tensor]) -> Tensor:
-    """Single-channel union of two masks (``None`` = all valid, so ``b=None`` gives ones like ``a``).
-
-    Example::
-
-        >>> mask_union(torch.tensor([[[0.0, 1.0, 0.0]]]), torch.tensor([[[1.0, 0.0, 0.0]]]))
-        tensor([[[1., 1., 0.]]])
-    """
-    a = any_channel(a)
-    if b is None:
-        return torch.ones_like(a)
-    b = any_channel(b).to(a.dtype)
-    if not torch.jit.is_scripting():
-        known = _known_union(a, b)
-        if known is not None:
-            return known
-    return torch.maximum(a, b)
-
-
-@torch.jit.unused
-def _known_union(a: Tensor, b: Tensor) -> Optional[Tensor]:
-    """An all-valid operand is the union itself: handing it on keeps its cached statistics and marks."""
-    if all_valid(a):
-        return a
-    if all_valid(b):
-        return b
-    return None
+__all__ = ["PartialSequential", "PartialSkipConnection"]
 
 
 class PartialSequential(nn.Sequential):
@@ -70,11 +37,12 @@ class PartialSequential(nn.Sequential):
     """
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        m = as_carrier(mask)
         for module in self:
-            x, mask = module(x, mask)
-        if mask is None:
+            x, m = module(x, m)
+        if tensor_of(m) is None:
             raise ValueError("PartialSequential needs at least one module")
-        return x, mask
+        return x, as_given(m, mask)
 
 
 class PartialSkipConnection(nn.Module):
@@ -101,12 +69,12 @@ class PartialSkipConnection(nn.Module):
         self.mode = mode
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        y, y_mask = self.submodule(x, mask)
-        x = apply_mask(x, mask)  # the merged mask may mark x's holes valid: they must hold zeros
+        m = as_carrier(mask)
+        y, y_mask = self.submodule(x, m)
+        x = apply_mask(x, m)  # the merged mask may mark x's holes valid: they must hold zeros
         if self.mode == "mul":
-            x_mask = torch.ones_like(y_mask) if mask is None else any_channel(mask).to(y_mask.dtype)
-            return torch.mul(x, y), torch.minimum(any_channel(y_mask), x_mask)
-        merged = mask_union(y_mask, mask)
+            return torch.mul(x, y), as_given(mask_intersection(y_mask, m), mask)
+        merged = mask_union(y_mask, m)
         if self.mode == "cat":
-            return mark_clean(torch.cat([x, y], dim=self.dim), merged), merged
-        return mark_clean(torch.add(x, y), merged), merged
+            return mark_clean(torch.cat([x, y], dim=self.dim), merged), as_given(merged, mask)
+        return mark_clean(torch.add(x, y), merged), as_given(merged, mask)

@@ -10,14 +10,8 @@ from monai.networks.layers.factories import Conv
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
 
-from pconv3d.blocks import (
-    PARTIAL_CONV,
-    PartialConvolution,
-    PartialMaxPool,
-    PartialSequential,
-    PartialUpSample,
-    mask_union,
-)
+from pconv3d.blocks import PARTIAL_CONV, PartialConvolution, PartialMaxPool, PartialSequential, PartialUpSample
+from pconv3d.mask import as_carrier, as_given, mask_union, pad_mask
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialBasicUNet", "PartialTwoConv", "PartialDown", "PartialUpCat"]
@@ -103,9 +97,10 @@ class PartialUpCat(nn.Module):
     def forward(
         self, x: Tensor, x_e: Optional[Tensor], mask: Optional[Tensor] = None, mask_e: Optional[Tensor] = None
     ) -> Tuple[Tensor, Tensor]:
-        x_0, m_0 = self.upsample(x, mask)
+        x_0, m_0 = self.upsample(x, as_carrier(mask))
         if x_e is None:
-            return self.convs(x_0, m_0)
+            x_0, m_0 = self.convs(x_0, m_0)
+            return x_0, as_given(m_0, mask)
         if self.is_pad:
             # handling spatial shapes due to the 2x maxpooling with odd edge lengths
             dimensions = len(x.shape) - 2
@@ -114,8 +109,9 @@ class PartialUpCat(nn.Module):
                 if x_e.shape[-i - 1] != x_0.shape[-i - 1]:
                     sp[i * 2 + 1] = 1
             x_0 = F.pad(x_0, sp, "replicate")
-            m_0 = F.pad(m_0, sp, "replicate")
-        return self.convs(torch.cat([x_e, x_0], dim=1), mask_union(m_0, mask_e))
+            m_0 = pad_mask(m_0, sp, "replicate")
+        y, m = self.convs(torch.cat([x_e, x_0], dim=1), mask_union(m_0, as_carrier(mask_e)))
+        return y, as_given(m, mask)
 
 
 class PartialBasicUNet(nn.Module):
@@ -162,7 +158,7 @@ class PartialBasicUNet(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
         x, mask = resolve_mask(x, mask, condition, self.mask_channel)
-        x0, m0 = self.conv_0(x, mask)
+        x0, m0 = self.conv_0(x, as_carrier(mask))
         x1, m1 = self.down_1(x0, m0)
         x2, m2 = self.down_2(x1, m1)
         x3, m3 = self.down_3(x2, m2)
@@ -171,4 +167,4 @@ class PartialBasicUNet(nn.Module):
         u3, n3 = self.upcat_3(u4, x2, n4, m2)
         u2, n2 = self.upcat_2(u3, x1, n3, m1)
         u1, n1 = self.upcat_1(u2, x0, n2, m0)
-        return self.final_conv.partial_forward(u1, n1)[0]
+        return self.final_conv(u1, n1)

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.nn.functional import interpolate
 
 from pconv3d.blocks import PartialUnetBasicBlock, PartialUnetOutBlock, PartialUnetResBlock, PartialUnetUpBlock
+from pconv3d.mask import as_carrier
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialDynUNet", "PartialDynUNetSkipLayer"]
@@ -171,7 +172,7 @@ class PartialDynUNet(nn.Module):
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
         x, mask = resolve_mask(x, mask, condition, self.mask_channel)
         heads: List[Tensor] = []
-        out, out_mask = self.skip_layers(x, mask, heads)
+        out, out_mask = self.skip_layers(x, as_carrier(mask), heads)
         out = self.output_block(out, out_mask)[0]
         if self.training and self.deep_supervision:
             out_all = [out]

@@ -9,6 +9,7 @@ from monai.networks.nets import UNet
 from torch import Tensor
 
 from pconv3d.blocks import PartialConvolution, PartialResidualUnit, PartialSequential, PartialSkipConnection
+from pconv3d.mask import as_carrier
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialUNet"]
@@ -106,4 +107,4 @@ class PartialUNet(UNet):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
         x, mask = resolve_mask(x, mask, condition, self.mask_channel)
-        return self.model(x, mask)[0]
+        return self.model(x, as_carrier(mask))[0]

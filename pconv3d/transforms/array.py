@@ -3,9 +3,12 @@
 Conventions shared by everything in :mod:`pconv3d.transforms`:
 
 * an image is channel-first ``(C, X, Y, Z)``, as after MONAI's ``EnsureChannelFirst``;
-* a validity mask is ``(1, X, Y, Z)`` float32 on the image's grid, 1 = valid and 0 = missing; when the image is a
+* a validity mask is ``(1, X, Y, Z)`` on the image's grid with the meaning of valid of :mod:`pconv3d.mask`:
+  bool/integer masks are nonzero = valid, floating masks are weights in [0, 1] (0 = missing, 1 = valid);
+  a floating mask with values outside [0, 1] or NaN is refused with a ``ValueError``. Masks made here are
+  float32, and floating weights pass through unchanged (a new hole sets a weight to 0); when the image is a
   ``MetaTensor`` the mask is one too, with a copy of the image's metadata (affine included);
-* after any transform here the holes of an image are exact zeros (never NaN), and masks are exactly 0 or 1.
+* after any transform here the holes (weight 0) of an image are exact zeros (never NaN).
 
 Transforms that produce an image and a mask return ``(image, mask)``; their dictionary versions in
 :mod:`pconv3d.transforms.dictionary` route keys and make one draw per sample for every key.
@@ -34,6 +37,7 @@ __all__ = [
     "REGION_SHAPES",
     "check_volume",
     "check_same_grid",
+    "check_mask_values",
     "combine_mask",
     "drop_slice_pattern",
     "DeriveMask",
@@ -48,7 +52,6 @@ __all__ = [
 
 SLICE_PATTERNS = ("random", "regular", "block")
 REGION_SHAPES = ("box", "blob")
-MASK_THRESHOLD = 0.5  # a mask value above this is valid (masks are 0/1; files may hold 0/255 or soft values)
 
 
 def _source(x: NdarrayOrTensor) -> str:
@@ -96,19 +99,50 @@ def check_same_grid(x: NdarrayOrTensor, ref: NdarrayOrTensor, name: str = "mask"
         raise ValueError(f"{name}{_source(x)} does not match {ref_name}{_source(ref)}: {problem}")
 
 
-def _valid(mask: NdarrayOrTensor, img: NdarrayOrTensor) -> torch.Tensor:
-    """Boolean ``(1, X, Y, Z)`` validity of ``mask``, on ``img``'s device, after checking it fits ``img``."""
+def check_mask_values(mask: NdarrayOrTensor, name: str = "mask") -> None:
+    """Raise ``ValueError`` unless ``mask`` is bool/integer or holds weights in [0, 1] (no NaN).
+
+    Args:
+        mask: the mask.
+        name: what to call it in the message (its key).
+
+    Example:
+        >>> check_mask_values(torch.tensor([0.0, 1.0, 255.0]), "'mask'")
+        Traceback (most recent call last):
+        ValueError: 'mask': a floating validity mask holds weights in [0, 1], found 255.0 (store binary masks as bool or integer, or rescale)
+    """
+    m = convert_to_tensor(mask, track_meta=False)
+    if not m.is_floating_point() or m.numel() == 0:
+        return
+    bad = m[torch.isnan(m) | (m < 0) | (m > 1)]
+    if bad.numel():
+        raise ValueError(
+            f"{name}{_source(mask)}: a floating validity mask holds weights in [0, 1], found {bad[0].item()} "
+            "(store binary masks as bool or integer, or rescale)"
+        )
+
+
+def _weights(mask: NdarrayOrTensor, img: NdarrayOrTensor) -> torch.Tensor:
+    """``mask`` as float32 weights ``(1, X, Y, Z)`` on ``img``'s device (bool/integer: 1 where nonzero), after
+    checking that it fits ``img`` and holds weights in [0, 1]."""
     check_volume(mask, "mask")
     if mask.shape[0] != 1:
         raise ValueError(f"mask{_source(mask)}: expected one channel (1, X, Y, Z), got shape {tuple(mask.shape)}")
     check_same_grid(mask, img)
+    check_mask_values(mask)
     device = img.device if isinstance(img, torch.Tensor) else None
-    return convert_to_tensor(mask, track_meta=False, device=device) > MASK_THRESHOLD
+    m = convert_to_tensor(mask, track_meta=False, device=device)
+    return m.to(torch.float32) if m.is_floating_point() else (m != 0).to(torch.float32)
 
 
-def _as_mask(valid: torch.Tensor, like: NdarrayOrTensor) -> NdarrayOrTensor:
-    """``valid`` (bool) as a float32 mask of ``like``'s type and device, carrying ``like``'s metadata."""
-    return convert_to_dst_type(valid, like, dtype=torch.float32)[0]
+def _valid(mask: NdarrayOrTensor, img: NdarrayOrTensor) -> torch.Tensor:
+    """Boolean ``(1, X, Y, Z)`` validity of ``mask`` (a nonzero weight), on ``img``'s device (see :func:`_weights`)."""
+    return _weights(mask, img) != 0
+
+
+def _as_mask(weights: torch.Tensor, like: NdarrayOrTensor) -> NdarrayOrTensor:
+    """``weights`` (bool or float) as a float32 mask of ``like``'s type and device, carrying ``like``'s metadata."""
+    return convert_to_dst_type(weights, like, dtype=torch.float32)[0]
 
 
 def _fill(img: NdarrayOrTensor, valid: torch.Tensor, value: float = 0.0) -> NdarrayOrTensor:
@@ -119,7 +153,8 @@ def _fill(img: NdarrayOrTensor, valid: torch.Tensor, value: float = 0.0) -> Ndar
 
 
 def combine_mask(mask: NdarrayOrTensor | None, keep: torch.Tensor | None, img: NdarrayOrTensor) -> NdarrayOrTensor:
-    """AND a validity mask (all-valid when ``None``) with a boolean ``keep`` (False = new hole).
+    """A validity mask (all-valid when ``None``) with new holes where a boolean ``keep`` is False; weights
+    elsewhere are kept.
 
     Args:
         mask: validity mask ``(1, X, Y, Z)`` of ``img``, or ``None``.
@@ -136,12 +171,12 @@ def combine_mask(mask: NdarrayOrTensor | None, keep: torch.Tensor | None, img: N
     check_volume(img)
     if mask is None:
         device = img.device if isinstance(img, torch.Tensor) else None
-        valid = torch.ones((1, *img.shape[1:]), dtype=torch.bool, device=device)
+        weights = torch.ones((1, *img.shape[1:]), dtype=torch.float32, device=device)
     else:
-        valid = _valid(mask, img)
+        weights = _weights(mask, img)
     if keep is not None:
-        valid = valid & keep.to(valid.device)
-    return _as_mask(valid, img if mask is None else mask)
+        weights = weights * keep.to(weights.device)
+    return _as_mask(weights, img if mask is None else mask)
 
 
 class DeriveMask(Transform):
@@ -204,7 +239,7 @@ class DeriveMask(Transform):
 
         Args:
             img: the image.
-            mask: an existing validity mask to AND with (same grid as ``img``).
+            mask: an existing validity mask (same grid as ``img``): its weights are kept where ``img`` is valid.
             missing_slices: slice indices along ``missing_slices_axis``; override the constructor's list.
         """
         check_volume(img)
@@ -221,9 +256,9 @@ class DeriveMask(Transform):
         slices = self.missing_slices if missing_slices is None else missing_slices
         if slices is not None and len(slices):
             valid &= self._listed_slices(x, slices)
-        if mask is not None:
-            valid &= _valid(mask, img)[0]
-        return _as_mask(valid[None], img)
+        if mask is None:
+            return _as_mask(valid[None], img)
+        return _as_mask(_weights(mask, img) * valid, img)
 
     def _present_slices(self, x: torch.Tensor, valid: torch.Tensor, axis: int) -> torch.Tensor:
         """Boolean, broadcastable to the spatial shape: False for the missing slices along ``axis``."""

@@ -29,6 +29,7 @@ from pconv3d.transforms.array import (
     RandMaskRegions,
     ValidFgBgToIndices,
     _SimulateHoles,
+    check_mask_values,
     check_same_grid,
     check_volume,
     combine_mask,
@@ -50,6 +51,7 @@ __all__ = [
 def _get_mask(d: Mapping[Hashable, Any], mask_key: Hashable, key: Hashable) -> NdarrayOrTensor:
     if mask_key not in d:
         raise KeyError(f"no validity mask '{mask_key}' for '{key}'; run DeriveMaskd (or DropSlicesd) first")
+    check_mask_values(d[mask_key], f"'{mask_key}'")
     return d[mask_key]
 
 
@@ -161,6 +163,7 @@ class DeriveMaskd(MapTransform):
             if mask is not None:
                 check_volume(mask, f"'{self.mask_key}'")
                 check_same_grid(mask, d[key], f"'{self.mask_key}'", f"'{key}'")
+                check_mask_values(mask, f"'{self.mask_key}'")
             mask = self.deriver(d[key], mask=mask, missing_slices=slices)
         d[self.mask_key] = mask
         if self.filler is not None:
@@ -360,7 +363,10 @@ class _SimulateHolesd(MapTransform):
         img = d[first]
         check_volume(img, f"'{first}'")
         keep = self.simulator.keep_mask(img) if self._active(img) else None
-        mask = combine_mask(d.get(self.mask_key), keep, img)
+        mask = d.get(self.mask_key)
+        if mask is not None:
+            check_mask_values(mask, f"'{self.mask_key}'")
+        mask = combine_mask(mask, keep, img)
         for key in self.key_iterator(d):
             d[key] = self.filler(d[key], mask)
         d[self.mask_key] = mask

@@ -3,7 +3,8 @@
 It follows the reference design on purpose (it is what we measure against): a persistent ones-kernel of
 shape (C_out, C_in, *k) with ``multi_channel`` or (1, 1, *k) otherwise, statistics ``winsize / (S + 1e-8)``,
 then raw-minus-bias, ratio, plus-bias and times-mask as separate passes, and the last mask statistics
-kept on the module. Not part of the library: use :mod:`pconv3d` instead.
+kept on the module. Not part of the library: use :mod:`pconv3d` instead. It lives with the tests, which
+check pconv3d against it, and the benchmarks import it from here (tests import nothing from benchmarks).
 """
 
 from __future__ import annotations

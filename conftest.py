@@ -1,0 +1,34 @@
+"""pytest configuration shared by the tests, the notebooks and the docstring examples of :mod:`pconv3d`.
+
+Docstring examples run as doctests (``--doctest-modules`` over ``pconv3d``) with ``torch``, ``monai`` and the
+public names of :mod:`pconv3d` in scope, as a user who imported them would have them.
+"""
+
+import os
+from pathlib import Path
+
+import monai
+import monai.networks.nets
+import pytest
+import torch
+
+import pconv3d
+import pconv3d.blocks
+import pconv3d.mask
+import pconv3d.networks
+
+# notebooks run in kernel processes, which pyproject's `pythonpath = ["."]` does not reach: they import the
+# checkout under test too, not whichever pconv3d is installed
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(doctest_namespace):
+    doctest_namespace["torch"] = torch
+    doctest_namespace["monai"] = monai
+    doctest_namespace["UNet"] = monai.networks.nets.UNet
+    for module in (pconv3d, pconv3d.blocks, pconv3d.mask, pconv3d.networks):
+        for name in module.__all__:
+            doctest_namespace[name] = getattr(module, name)
