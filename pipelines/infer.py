@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common_arguments(p, "inference.yaml")
     p.add_argument("--model", required=True, help="checkpoint written by `pconv3d train` (best.pt or last.pt)")
     p.add_argument("--input", required=True, help="a volume file or a folder of volumes")
-    p.add_argument("--mask", help="validity mask file for a single input volume (1 = valid)")
+    p.add_argument("--mask", help="validity mask file for a single input volume (nonzero = valid; floating masks are weights in [0, 1])")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
     p.add_argument("--sw-batch-size", type=positive_int, help="sliding-window batch size")
