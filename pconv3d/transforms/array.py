@@ -42,6 +42,8 @@ __all__ = [
     "drop_slice_pattern",
     "DeriveMask",
     "FillHoles",
+    "InterpolateMissing",
+    "missing_slice_axes",
     "MaskedNormalizeIntensity",
     "MaskedScaleIntensityRangePercentiles",
     "ValidFgBgToIndices",
@@ -351,6 +353,111 @@ class InterpolateSlices(Transform):
         filled = data.index_select(dim, lo) * (1 - w).view(shape) + data.index_select(dim, hi) * w.view(shape)
         out = torch.where(present.view(shape), data, filled)
         return convert_to_dst_type(out, img, dtype=img.dtype)[0]
+
+
+def missing_slice_axes(mask: NdarrayOrTensor) -> tuple[int, ...]:
+    """Spatial axes (0, 1, 2) along which at least one whole slice of ``mask`` ``(1, X, Y, Z)`` is missing
+    while another is not: the axes a slice interpolation can fill.
+
+    Example:
+        >>> m = torch.ones(1, 4, 4, 6); m[..., 2] = 0
+        >>> missing_slice_axes(m)
+        (2,)
+    """
+    valid = convert_to_tensor(mask, track_meta=False) != 0
+    axes = []
+    for axis in range(3):
+        present = valid.movedim(1 + axis, 0).reshape(valid.shape[1 + axis], -1).any(1)
+        if present.any() and not present.all():
+            axes.append(axis)
+    return tuple(axes)
+
+
+class InterpolateMissing(Transform):
+    """Fill every missing voxel from the acquired ones, and give each filled voxel a confidence in (0, 1).
+
+    1. Whole missing slices are interpolated linearly between the nearest acquired slices along each of
+       ``axes`` (:class:`InterpolateSlices`; ``None``: every axis along which whole slices are missing,
+       detected from the mask).
+    2. The holes that remain (masked regions, partial slices) are filled by normalized convolution: the
+       mask-weighted Gaussian average of the acquired voxels, at the smallest of sigma = 1, 2, 4, ... voxels
+       that reaches them.
+    3. With ``soft``, the returned mask keeps the weights of the acquired voxels and gives a filled voxel the
+       confidence ``1 / (1 + d / scale)``, ``d`` its Euclidean distance in voxels to the nearest acquired
+       voxel: interpolated data counts, in partial convolutions, less the further it is from what was
+       measured. Without ``soft`` the mask is returned as it was (for networks without a mask input).
+
+    ``__call__(img, mask)`` returns ``(img, mask)``; a mask without any acquired voxel is returned unchanged,
+    with the image.
+
+    Args:
+        axes: spatial axes (0, 1, 2) of missing slices to interpolate, or ``None`` to detect them.
+        soft: return the confidence mask; otherwise the mask as it was.
+        scale: distance (voxels) at which the confidence is 1/2.
+
+    Example:
+        >>> img = torch.arange(6.0).reshape(1, 1, 1, 6); mask = torch.tensor([1.0, 0, 0, 1, 1, 1]).reshape(1, 1, 1, 6)
+        >>> x, m = InterpolateMissing()(img * mask, mask)
+        >>> x.flatten(), m.flatten()
+        (tensor([0., 1., 2., 3., 4., 5.]), tensor([1.0000, 0.5000, 0.5000, 1.0000, 1.0000, 1.0000]))
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, axes: Sequence[int] | int | None = None, soft: bool = True, scale: float = 1.0) -> None:
+        self.axes = None if axes is None else tuple(ensure_tuple(axes))
+        for axis in self.axes or ():
+            if axis not in (0, 1, 2):
+                raise ValueError(f"axes: spatial axes are 0, 1 or 2, got {axis}")
+        if not scale > 0:
+            raise ValueError(f"scale: expected a distance > 0 (voxels), got {scale}")
+        self.soft, self.scale = soft, float(scale)
+
+    def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
+        check_volume(img)
+        weights = _weights(mask, img)
+        valid = weights != 0
+        if valid.all() or not valid.any():
+            return img, mask
+        x = convert_to_tensor(img, track_meta=False, dtype=torch.float32).clone()
+        x[:, ~valid[0]] = 0  # whatever the holes held (NaN too) is not data
+        for axis in missing_slice_axes(valid) if self.axes is None else self.axes:
+            x = InterpolateSlices(axis)(x, valid)
+        filled = valid[0] | self._whole_slices(valid)
+        if not filled.all():
+            x = self._normalized_convolution(x, filled)
+        out_mask = weights
+        if self.soft:
+            hole = ~valid[0].cpu().numpy()
+            distance = torch.as_tensor(ndimage.distance_transform_edt(hole), dtype=torch.float32, device=weights.device)
+            out_mask = torch.where(valid, weights, 1.0 / (1.0 + distance / self.scale))
+        return convert_to_dst_type(x, img, dtype=img.dtype)[0], _as_mask(out_mask, mask)
+
+    def _whole_slices(self, valid: torch.Tensor) -> torch.Tensor:
+        """Voxels of the whole missing slices that step 1 interpolated (between or beside acquired slices)."""
+        done = torch.zeros(valid.shape[1:], dtype=torch.bool, device=valid.device)
+        for axis in missing_slice_axes(valid) if self.axes is None else self.axes:
+            present = valid[0].movedim(axis, 0).reshape(valid.shape[1 + axis], -1).any(1)
+            if present.any():
+                shape = [1, 1, 1]
+                shape[axis] = -1
+                done |= ~present.view(shape)
+        return done
+
+    @staticmethod
+    def _normalized_convolution(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        w = known.cpu().numpy().astype(np.float64)
+        data = x.cpu().numpy().astype(np.float64)
+        out, todo, sigma = data.copy(), ~known.cpu().numpy(), 1.0
+        while todo.any():
+            den = ndimage.gaussian_filter(w, sigma, mode="constant")
+            reach = todo & (den > 1e-6)
+            for c in range(data.shape[0]):
+                num = ndimage.gaussian_filter(data[c] * w, sigma, mode="constant")
+                out[c][reach] = num[reach] / den[reach]
+            todo &= ~reach
+            sigma *= 2
+        return torch.as_tensor(out, dtype=x.dtype, device=x.device)
 
 
 class _MaskedIntensity(Transform):

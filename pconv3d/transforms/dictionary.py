@@ -22,6 +22,7 @@ from pconv3d.transforms.array import (
     DeriveMask,
     DropSlices,
     FillHoles,
+    InterpolateMissing,
     InterpolateSlices,
     MaskedNormalizeIntensity,
     MaskedScaleIntensityRangePercentiles,
@@ -224,6 +225,51 @@ class InterpolateSlicesd(_MaskedKeysd):
 
     def __init__(self, keys: KeysCollection, mask_key: str = "mask", axis: int = 2, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, InterpolateSlices(axis), mask_key, allow_missing_keys)
+
+
+class InterpolateMissingd(MapTransform):
+    """Fill the missing voxels of image keys and, with ``soft``, replace the mask by the confidence of each
+    voxel; see :class:`~pconv3d.transforms.array.InterpolateMissing`. The mask is computed from the first
+    image key (all keys share one mask).
+
+    Args:
+        keys: image keys.
+        mask_key: key of the validity mask.
+        axes: spatial axes of missing slices to interpolate, or ``None`` to detect them from the mask.
+        soft: write the confidence mask to ``mask_key``; otherwise leave the mask as it is.
+        scale: distance (voxels) at which a filled voxel's confidence is 1/2.
+        allow_missing_keys: skip absent keys.
+
+    Example:
+        >>> img = torch.ones(1, 2, 2, 4); mask = torch.ones(1, 2, 2, 4); mask[..., 1] = 0
+        >>> d = InterpolateMissingd("image")({"image": img * mask, "mask": mask})
+        >>> d["image"][0, 0, 0], d["mask"][0, 0, 0]
+        (tensor([1., 1., 1., 1.]), tensor([1.0000, 0.5000, 1.0000, 1.0000]))
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "mask",
+        axes: Sequence[int] | int | None = None,
+        soft: bool = True,
+        scale: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.transform = InterpolateMissing(axes, soft, scale)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        mask, new_mask = None, None
+        for key in self.key_iterator(d):
+            mask = _get_mask(d, self.mask_key, key) if mask is None else mask
+            d[key], out = self.transform(d[key], mask)
+            new_mask = out if new_mask is None else new_mask
+        if new_mask is not None:
+            d[self.mask_key] = new_mask
+        return d
 
 
 class MaskedNormalizeIntensityd(_MaskedKeysd):
