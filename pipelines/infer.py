@@ -94,12 +94,14 @@ def check_inference(
 
 
 def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
-    """Config overrides for a checkpoint: its path, and the architecture it was trained with when it records
-    one and ``extra`` does not override ``network_def`` itself."""
+    """Config overrides for a checkpoint: its path, the architecture it was trained with and what its network
+    is given (``input_def``: mask input, hole filling, mask channel), where it records them and ``extra``
+    does not override them itself."""
     ckpt = load_checkpoint(model_path)
     overrides: dict[str, Any] = {"model_path": model_path}
-    if ckpt.get("network_def") and not any(k.startswith("--network_def") for k in extra):
-        overrides["network_def"] = ckpt["network_def"]
+    given = {key[2:].split("#")[0] for key in extra if key.startswith("--")}
+    recorded = {"network_def": ckpt.get("network_def"), **(ckpt.get("input_def") or {})}
+    overrides.update({k: v for k, v in recorded.items() if k not in given and (k != "network_def" or v)})
     return overrides
 
 

@@ -240,3 +240,23 @@ def test_torchrun_splits_a_folder_between_processes(dataset, trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(p.name.replace(".nii.gz", "_seg.nii.gz") for p in (dataset / "imagesTs").iterdir())
+
+
+@pytest.mark.parametrize("recipe", [
+    ["--network_def#_target_", "monai.networks.nets.UNet", "--mask_input", "false", "--fill_missing", "interpolate",
+     "--mask_channel", "true"],
+    ["--fill_missing", "soft"],
+])
+def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path, recipe):
+    """What the network is given (mask input, hole filling, mask channel) travels in the checkpoint, so
+    `infer` with no option segments like the training's validation did."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "1", *TINY, *recipe]) == 0
+    best = load_checkpoint(out / "best.pt")
+    assert best["input_def"]["fill_missing"] == recipe[recipe.index("--fill_missing") + 1]
+    channels = 2 if "--mask_channel" in recipe else 1
+    assert best["network_def"]["in_channels"] == channels
+    images = dataset / "imagesTs"
+    assert main(["infer", "--model", str(out / "best.pt"), "--input", str(images), "--output", str(tmp_path / "p"),
+                 "--progress", "false"]) == 0
+    assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list(images.iterdir()))

@@ -32,6 +32,7 @@ import torch
 from monai.data import ImageReader
 from monai.transforms import (
     Compose,
+    ConcatItemsd,
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
@@ -54,6 +55,7 @@ from pconv3d.transforms.dictionary import (
     DeriveMaskd,
     DropSlicesd,
     FillHolesd,
+    InterpolateMissingd,
     InterpolateSlicesd,
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentilesd,
@@ -71,7 +73,9 @@ __all__ = [
     "DEFAULT_DROP_SLICES",
     "DEFAULT_MASK_REGIONS",
     "DEFAULT_AFFINE",
+    "FILL_MODES",
     "load_transforms",
+    "network_input_transforms",
     "train_transforms",
     "infer_transforms",
     "invert_transforms",
@@ -127,10 +131,38 @@ def _normalize(normalize: str | None) -> list[MapTransform]:
     raise ValueError(f"normalize must be 'zscore', 'percentile' or None, got {normalize!r}")
 
 
-def _interpolate(axis: int | None) -> list[MapTransform]:
-    """Optional last step: interpolate missing slices (baseline networks without a mask). Last, because
-    masked normalization and the final hole filling set holes to 0."""
-    return [] if axis is None else [InterpolateSlicesd(IMAGE, mask_key=MASK, axis=axis)]
+FILL_MODES = ("interpolate", "soft")
+
+
+def network_input_transforms(
+    fill: str | None = None, mask_channel: bool = False, interpolate_slices: int | None = None
+) -> list[MapTransform]:
+    """Last steps: what the network is given in place of the holes, and whether the mask is an input channel.
+    Last, because masked normalization and the final hole filling set holes to 0.
+
+    Args:
+        fill: ``None`` leaves holes at 0 (partial convolutions skip them); ``"interpolate"`` fills them
+            (:class:`~pconv3d.transforms.InterpolateMissingd`, slice axes detected from the mask) and keeps
+            the mask; ``"soft"`` fills them and makes the mask the confidence of each voxel.
+        mask_channel: append the mask to the image as its last channel (for networks without a mask input,
+            or as extra information for those with one).
+        interpolate_slices: the earlier option: interpolate missing slices along this one axis alone
+            (:class:`~pconv3d.transforms.InterpolateSlicesd`), mask kept.
+
+    Example:
+        >>> [type(t).__name__ for t in network_input_transforms("soft", mask_channel=True)]
+        ['InterpolateMissingd', 'ConcatItemsd']
+    """
+    if fill is not None and fill not in FILL_MODES:
+        raise ValueError(f"fill: expected None, {' or '.join(repr(f) for f in FILL_MODES)}, got {fill!r}")
+    steps: list[MapTransform] = []
+    if interpolate_slices is not None:
+        steps.append(InterpolateSlicesd(IMAGE, mask_key=MASK, axis=interpolate_slices))
+    if fill is not None:
+        steps.append(InterpolateMissingd(IMAGE, mask_key=MASK, soft=fill == "soft"))
+    if mask_channel:
+        steps.append(ConcatItemsd([IMAGE, MASK], IMAGE))
+    return steps
 
 
 def load_transforms(reader: ImageReader | str | None = None, mask_options: Mapping[str, Any] | None = None) -> Compose:
@@ -165,6 +197,8 @@ def train_transforms(
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
     interpolate_slices: int | None = None,
+    fill: str | None = None,
+    mask_channel: bool = False,
 ) -> Compose:
     """Training transforms for datalist entries ``{"image": path, "label": path, "mask": path?}``.
 
@@ -191,6 +225,8 @@ def train_transforms(
             ``missing_slices_key``, ...).
         interpolate_slices: fill missing slices along this axis by linear interpolation (for networks
             without a mask input); ``None`` leaves holes at 0.
+        fill: ``None``, ``"interpolate"`` or ``"soft"``: see :func:`network_input_transforms`.
+        mask_channel: append the mask as the image's last channel.
 
     Example:
         >>> from monai.data import DataLoader, Dataset
@@ -229,7 +265,8 @@ def train_transforms(
         steps += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
     if intensity:
         steps += [RandScaleIntensityd(IMAGE, factors=0.1, prob=0.5), RandGaussianNoised(IMAGE, prob=0.2, std=0.05)]
-    steps += [FillHolesd(IMAGE, mask_key=MASK), *_interpolate(interpolate_slices), EnsureTyped(KEYS, dtype=torch.float32)]
+    steps += [FillHolesd(IMAGE, mask_key=MASK), *network_input_transforms(fill, mask_channel, interpolate_slices),
+              EnsureTyped(KEYS, dtype=torch.float32)]
     return Compose(steps)
 
 
@@ -241,6 +278,8 @@ def infer_transforms(
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
     interpolate_slices: int | None = None,
+    fill: str | None = None,
+    mask_channel: bool = False,
 ) -> Compose:
     """Inference and evaluation transforms for entries ``{"image": path, "label": path?, "mask": path?}``.
 
@@ -257,6 +296,8 @@ def infer_transforms(
         reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
         mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd`.
         interpolate_slices: fill missing slices along this axis by linear interpolation, or ``None``.
+        fill: ``None``, ``"interpolate"`` or ``"soft"``: see :func:`network_input_transforms`.
+        mask_channel: append the mask as the image's last channel.
 
     Example:
         >>> tf = infer_transforms(drop_slices={"fraction": 0.5, "pattern": "regular"})
@@ -267,7 +308,8 @@ def infer_transforms(
     steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
     if drop_slices is not None:
         steps.append(DropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
-    steps += [*_normalize(normalize), *_interpolate(interpolate_slices), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
+    steps += [*_normalize(normalize), *network_input_transforms(fill, mask_channel, interpolate_slices),
+              EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
     return Compose(steps)
 
 
