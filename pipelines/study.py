@@ -1,124 +1,285 @@
-"""The missing-data robustness study: what partial convolution buys over a plain U-Net, in Dice.
+"""The missing-data study: which way of giving a network incomplete volumes segments them best, with
+evidence that can tell a gain from noise.
 
-Three methods trained with the same config, budget and seed on the default dataset:
+Methods (:data:`METHODS`) are ``configs/train.yaml`` with a few switches: MONAI's ``UNet`` on zero-filled or
+interpolated input (trained with and without simulated holes, with and without the mask as an extra channel),
+``PartialUNet`` given the mask, and ``PartialUNet`` on interpolated input with a soft (confidence) mask. Every
+method trains on the same data with the same budget for each of ``seeds``.
 
-* ``PartialUNet + mask``: the mask is given to the network (``configs/train.yaml`` as it is);
-* ``UNet, zero-filled``: MONAI's ``UNet`` with the same arguments, holes set to 0 (no mask input);
-* ``UNet, interpolated``: the same ``UNet`` with missing slices linearly interpolated from their neighbours.
+1. ``tune``: per method, the training settings that differ by method (how often and how much training simulates
+   holes, :data:`CANDIDATES`) are chosen by mean Dice on the validation cases (one seed), fairly for every method.
+2. ``final``: every method with its chosen settings, for every seed, scored on the test cases.
+3. ``budget``: the two best methods again at twice the epochs, to check that their ranking holds.
 
-Each is evaluated on the test cases with 0, 25, 50 and 75 % of the slices removed along the last axis,
-``random``, ``regular`` (every k-th) and ``block`` (one contiguous slab) patterns, drawn identically for
-every method. Writes
-``results.csv``, ``results.md`` and ``dice_vs_missing.png`` to the output folder.
+Test holes (:data:`PATTERNS`): slices missing along the slice axis (random, regular, one slab), slices missing
+along another axis, and masked regions (boxes), at :data:`FRACTIONS`; the same holes for every method and seed.
+Scores per case: foreground Dice on all voxels and on the missing voxels alone (:mod:`pipelines.evaluation`).
+Writes ``results.csv`` (a row per method, seed, case, pattern, fraction and class), ``summary.md`` (mean ± sd over
+seeds and cases, and each method minus the best baseline, paired over case, seed and holes, with a 95 %
+interval: :mod:`pipelines.paired`) and ``dice_vs_missing.png``. Trainings are reused when complete and resumed when
+interrupted, so the study can be stopped and started again. Run time on 2 CPU cores at 250 epochs: about 2 min
+per training, 6 methods x (3 candidates + 3 seeds) + 2 x 3 at twice the budget, about 1 h 40 min in all.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
+from monai.transforms import Compose, MapTransform
 
 from pconv3d.data import make_dataset
-from pconv3d.io.datalist import DATASET_JSON, is_generated_dataset, load_datalist
+from pconv3d.io.datalist import DATASET_JSON, generated_dataset_settings, load_datalist
 from pconv3d.io.sitk import atomic_write
-from pconv3d.transforms.recipes import infer_transforms
+from pconv3d.transforms import DropSlicesd, FillHolesd, MaskedNormalizeIntensityd
+from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms, network_input_transforms
 from pipelines.bundle import run_workflow
-from pipelines.config import config_path
 from pipelines.evaluation import score_case
-from pipelines.handlers import BEST, LAST, network_from_checkpoint
+from pipelines.handlers import BEST, LAST, load_checkpoint, network_from_checkpoint
 from pipelines.outputs import completed_epochs
+from pipelines.paired import paired_difference
+from pipelines.train import datalist_split
 
+UNET = "monai.networks.nets.UNet"
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
-PATTERNS = ("random", "regular", "block")
 SLICE_AXIS = 2
-METHODS: dict[str, dict[str, Any]] = {
-    "PartialUNet + mask": {"slug": "partial_unet", "mask": True, "interpolate": None},
-    "UNet, zero-filled": {"slug": "unet_zero_filled", "mask": False, "interpolate": None},
-    "UNet, interpolated": {"slug": "unet_interpolated", "mask": False, "interpolate": SLICE_AXIS},
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way of handling missing voxels: training-config overrides, and whether it is a baseline."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    baseline: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "unet_zero": Method("UNet, zero-filled", {"network_def#_target_": UNET, "mask_input": False}, True),
+    "unet_interp": Method("UNet, interpolated", {"network_def#_target_": UNET, "mask_input": False,
+                                                 "fill_missing": "interpolate"}, True),
+    "unet_interp_channel": Method("UNet, interpolated + mask channel", {
+        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate", "mask_channel": True}, True),
+    "partial": Method("PartialUNet + mask"),
+    "partial_soft": Method("PartialUNet, interpolated + soft mask", {"fill_missing": "soft"}),
+}
+# training settings tuned per method on the validation cases ("none" is training without simulated holes)
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "none": {"simulate_holes": False},
+    "default": {},
+    "often, all axes": {"drop_slices#prob": 0.8, "drop_slices#axes": [0, 1, 2], "mask_regions#prob": 0.5},
+}
+# test holes: (kind, slice axis, slice pattern)
+PATTERNS: dict[str, tuple[str, int | None, str | None]] = {
+    "random": ("slices", SLICE_AXIS, "random"),
+    "regular": ("slices", SLICE_AXIS, "regular"),
+    "block": ("slices", SLICE_AXIS, "block"),
+    "random, axis 0": ("slices", 0, "random"),
+    "regions": ("regions", None, None),
 }
 
 
-def _overrides(method: dict[str, Any]) -> dict[str, Any]:
-    """Config overrides that turn ``configs/train.yaml`` into the method's training."""
-    if method["mask"]:
-        return {}
-    network = ConfigParser.load_config_file(config_path("train.yaml"))["network_def"]
-    return {"network_def": {**network, "_target_": "monai.networks.nets.UNet"},
-            "prepare_batch": {"_target_": "monai.engines.PrepareBatchDefault"},
-            "interpolate_slices": method["interpolate"]}
+class RegionHolesd(MapTransform):
+    """Masked regions for evaluation: random boxes (20-40 % of each axis) until ``fraction`` of the volume is
+    missing, drawn from ``seed`` and the case's file name, so every method and seed sees the same holes."""
+
+    def __init__(self, fraction: float, seed: int = 0) -> None:
+        super().__init__([MASK])
+        self.fraction, self.seed = fraction, seed
+
+    def __call__(self, data):
+        d = dict(data)
+        mask = d[MASK]
+        name = Path(str(mask.meta.get("filename_or_obj", ""))).name if hasattr(mask, "meta") else ""
+        rng = np.random.default_rng([self.seed, *name.encode()])
+        spatial = np.array(mask.shape[1:])
+        keep = np.ones(tuple(spatial), dtype=bool)
+        while 1 - keep.mean() < self.fraction:
+            size = np.maximum(1, (rng.uniform(0.2, 0.4, 3) * spatial).astype(int))
+            start = (rng.uniform(0, 1, 3) * (spatial - size + 1)).astype(int)
+            keep[tuple(slice(a, a + s) for a, s in zip(start, size))] = False
+        d[MASK] = mask * torch.as_tensor(keep, dtype=mask.dtype)[None]
+        return d
+
+
+def hole_transforms(pattern: str, fraction: float, fill: str | None, mask_channel: bool) -> Compose:
+    """Load a test case, cut ``pattern`` holes at ``fraction``, normalize what is left, and shape the network's
+    input (``fill``, ``mask_channel``). The mask before filling is kept under ``holes`` (1 = acquired)."""
+    kind, axis, slices = PATTERNS[pattern]
+    holes: list[MapTransform] = []
+    if fraction > 0:
+        holes = [DropSlicesd(IMAGE, mask_key=MASK, fraction=fraction, pattern=slices, axis=axis, seed=0)
+                 if kind == "slices" else RegionHolesd(fraction), FillHolesd(IMAGE, mask_key=MASK)]
+    return Compose([*infer_transforms(normalize=None).transforms, *holes, MaskedNormalizeIntensityd(IMAGE, mask_key=MASK),
+                    _KeepHoles(), *network_input_transforms(fill, mask_channel)])
+
+
+class _KeepHoles(MapTransform):
+    def __init__(self) -> None:
+        super().__init__([MASK])
+
+    def __call__(self, data):
+        return {**data, "holes": data[MASK] != 0}
 
 
 @torch.no_grad()
-def evaluate_method(network: torch.nn.Module, method: dict[str, Any], cases: list[dict], fraction: float,
-                    pattern: str, num_classes: int, roi: list[int]) -> np.ndarray:
-    """Dice per case (rows) and foreground class (columns)."""
-    drop = {"fraction": fraction, "pattern": pattern, "axis": SLICE_AXIS, "seed": 0} if fraction > 0 else None
-    transform = infer_transforms(drop_slices=drop, interpolate_slices=method["interpolate"])
-    scores = []
-    for case in cases:
-        d = transform(case)
-        x, m = d["image"][None].as_tensor(), d["mask"][None].as_tensor()
-        kwargs = {"condition": m} if method["mask"] else {}
-        logits = sliding_window_inference(x, roi, 4, network, overlap=0.25, **kwargs)
-        scores.append(score_case(logits[0].argmax(0), d["label"][0].as_tensor(), num_classes)["dice"])
-    return np.stack(scores)
-
-
-def run_study(output: str | Path = "outputs/study", epochs: int = 250, seed: int = 0, n_test: int = 8) -> list[dict]:
-    out = Path(output)
-    data = out / "data"
-    if not is_generated_dataset(data):
-        make_dataset("mni", data, n_train=8, n_test=n_test, seed=seed)
-    cases = load_datalist(data / DATASET_JSON, "test")
-    header = ConfigParser.load_config_file(data / DATASET_JSON)
-    classes = [header["labels"][k] for k in sorted(header["labels"], key=int)]
-    train_cfg = ConfigParser.load_config_file(config_path("train.yaml"))
-    rows: list[dict] = []
-    for name, method in METHODS.items():
-        run_dir = out / method["slug"]
-        t = time.perf_counter()
-        if completed_epochs(run_dir) < epochs or not (run_dir / BEST).exists():  # else reuse the complete training
-            resume = (run_dir / LAST).is_file()  # an interrupted study continues where it stopped
-            run_workflow(["train.yaml"], {"dataset_dir": str(data), "output_dir": str(run_dir), "epochs": epochs,
-                                          "seed": seed, "progress": False, "resume": resume, "overwrite": not resume,
-                                          **_overrides(method)}, [])
-        print(f"{name}: trained in {time.perf_counter() - t:.0f} s", flush=True)
-        network = network_from_checkpoint(run_dir / BEST)
-        for pattern in PATTERNS:
-            for fraction in FRACTIONS:
-                dice = evaluate_method(network, method, cases, fraction, pattern, len(classes), train_cfg["patch_size"])
-                for c, cls in enumerate(classes[1:]):
-                    rows.append({"method": name, "pattern": pattern, "missing": fraction, "class": cls,
-                                 "dice": float(np.nanmean(dice[:, c])), "dice_sd": float(np.nanstd(dice[:, c]))})
-                mean = float(np.nanmean(dice))
-                rows.append({"method": name, "pattern": pattern, "missing": fraction, "class": "mean",
-                             "dice": mean, "dice_sd": float(np.nanstd(np.nanmean(dice, 1)))})
-                print(f"  {pattern:8s} {fraction:.0%} missing: mean Dice {mean:.3f}", flush=True)
-    write_outputs(out, rows)
+def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions: Sequence[float],
+                  roi: Sequence[int], num_classes: int) -> list[dict[str, Any]]:
+    """Rows of foreground Dice (all voxels, missing voxels) per case, pattern, fraction and class."""
+    network = network_from_checkpoint(run / BEST)
+    given = load_checkpoint(run / BEST).get("input_def") or {}
+    rows = []
+    for pattern in patterns:
+        for fraction in fractions:
+            transform = hole_transforms(pattern, fraction, given.get("fill_missing"), bool(given.get("mask_channel")))
+            for case in cases:
+                d = transform(dict(case))
+                x, m = d[IMAGE][None].as_tensor(), d[MASK][None].as_tensor()
+                kwargs = {"condition": m} if given.get("mask_input", True) else {}
+                logits = sliding_window_inference(x, roi, 4, network, overlap=0.25, **kwargs)
+                missing = ~d["holes"][0]
+                s = score_case(logits[0].argmax(0), d[LABEL][0].as_tensor(), num_classes,
+                               region=missing if missing.any() else None)
+                for c in range(num_classes - 1):
+                    rows.append({"case": Path(case[IMAGE]).name, "pattern": pattern, "missing": fraction, "class": c + 1,
+                                 "dice": float(s["dice"][c]),
+                                 "dice_missing": float(s["dice_region"][c]) if "dice_region" in s else float("nan")})
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
+def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, Any]) -> Path:
+    """Train into ``run`` unless a complete training is there; an interrupted one continues."""
+    if completed_epochs(run) < epochs or not (run / BEST).exists():
+        resume = (run / LAST).is_file() and completed_epochs(run) <= epochs
+        run_workflow(["train.yaml"], {"dataset_dir": str(data), "output_dir": str(run), "epochs": epochs, "seed": seed,
+                                      "progress": False, "resume": resume, "overwrite": not resume, **overrides}, [])
+    return run
+
+
+def _mean_dice(rows: list[dict[str, Any]], key: str = "dice") -> float:
+    return float(np.nanmean([r[key] for r in rows]))
+
+
+def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Sequence[int] = (0, 1, 2),
+              methods: Sequence[str] = tuple(METHODS), patterns: Sequence[str] = tuple(PATTERNS),
+              fractions: Sequence[float] = FRACTIONS, candidates: Sequence[str] = tuple(CANDIDATES),
+              n_test: int = 8, kind: str = "mni", size: int = 48, extra: dict[str, Any] | None = None) -> list[dict]:
+    """Run the three stages (module doc) into ``output``; returns the rows of the final stage.
+
+    ``extra`` are config overrides for every training (the tests make the networks tiny with it)."""
+    out = Path(output)
+    data = out / "data"
+    wanted = {"kind": kind, "n_train": 8, "n_test": n_test, "size": size, "seed": 0}
+    if (generated_dataset_settings(data) or {}) != wanted:
+        make_dataset(kind, data, n_train=8, n_test=n_test, size=size, seed=0, overwrite=True)
+    header = json.loads((data / DATASET_JSON).read_text())
+    num_classes = len(header["labels"])
+    validation, test = datalist_split(str(data), "validation"), load_datalist(data / DATASET_JSON, "test")
+    roi, extra = [32, 32, 32], dict(extra or {})
+    roi = extra.get("patch_size", roi)
+    start = time.perf_counter()
+
+    chosen: dict[str, str] = {}
+    for slug in methods:  # 1. tune on validation cases, first seed
+        scores = {}
+        for cand in candidates:
+            run = train(data, out / "tune" / slug / cand.replace(", ", "_").replace(" ", "_"), epochs, seeds[0],
+                        {**METHODS[slug].overrides, **CANDIDATES[cand], **extra})
+            scores[cand] = _mean_dice(score_network(run, validation, patterns, [f for f in fractions if f > 0] or [0.0],
+                                                    roi, num_classes))
+        chosen[slug] = max(scores, key=scores.get)
+        print(f"{METHODS[slug].name}: validation Dice {', '.join(f'{c} {v:.3f}' for c, v in scores.items())}; "
+              f"chosen: {chosen[slug]} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    for slug in methods:  # 2. every seed, test cases
+        for seed in seeds:
+            run = train(data, out / "final" / slug / f"seed{seed}", epochs, seed,
+                        {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
+            rows += [{"method": slug, "seed": seed, "epochs": epochs, **r}
+                     for r in score_network(run, test, patterns, fractions, roi, num_classes)]
+        print(f"{METHODS[slug].name}: test Dice {_mean_dice([r for r in rows if r['method'] == slug]):.3f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+    ranked = sorted(methods, key=lambda m: -_mean_dice([r for r in rows if r["method"] == m]))
+    budget_rows: list[dict[str, Any]] = []
+    for slug in ranked[:2]:  # 3. twice the budget for the two best
+        for seed in seeds:
+            run = train(data, out / "budget" / slug / f"seed{seed}", 2 * epochs, seed,
+                        {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
+            budget_rows += [{"method": slug, "seed": seed, "epochs": 2 * epochs, **r}
+                            for r in score_network(run, test, patterns, fractions, roi, num_classes)]
+    write_outputs(out, rows, budget_rows, chosen)
+    print(f"study done in {time.perf_counter() - start:.0f} s; results in {out.resolve()}")
+    return rows
+
+
+def _grid(rows: list[dict[str, Any]], method: str, key: str, patterns: Sequence[str], fractions: Sequence[float]) -> np.ndarray:
+    """``(cases, seeds, patterns x fractions)`` of the class-averaged score, NaN where absent."""
+    cases, seeds = sorted({r["case"] for r in rows}), sorted({r["seed"] for r in rows})
+    cells = [(p, f) for p in patterns for f in fractions]
+    grid = np.full((len(cases), len(seeds), len(cells)), np.nan)
+    sums: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["method"] == method and (r["pattern"], r["missing"]) in cells:
+            sums.setdefault((r["case"], r["seed"], (r["pattern"], r["missing"])), []).append(r[key])
+    for (case, seed, cell), values in sums.items():
+        grid[cases.index(case), seeds.index(seed), cells.index(cell)] = np.nanmean(values) if np.isfinite(values).any() else np.nan
+    return grid
+
+
+def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any]], chosen: dict[str, str]) -> str:
+    """Mean ± sd tables per pattern and fraction, and paired differences to the best baseline."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| pattern | missing | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-    for pattern in PATTERNS:
-        for fraction in FRACTIONS:
-            cells = []
-            for m in methods:
-                r = next(r for r in rows if (r["method"], r["pattern"], r["missing"], r["class"]) == (m, pattern, fraction, "mean"))
-                cells.append(f"{r['dice']:.3f} ± {r['dice_sd']:.3f}")
-            lines.append(f"| {pattern} | {fraction:.0%} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    patterns = list(dict.fromkeys(r["pattern"] for r in rows))
+    fractions = sorted({r["missing"] for r in rows})
+    lines = ["Settings chosen on validation cases: " + "; ".join(f"{METHODS[m].name}: {chosen[m]}" for m in methods), ""]
+    for key, title in (("dice", "all voxels"), ("dice_missing", "missing voxels")):
+        lines += [f"### Mean foreground Dice on {title} (± sd over seeds and cases)", "",
+                  "| pattern | missing | " + " | ".join(METHODS[m].name for m in methods) + " |",
+                  "|---|---|" + "---|" * len(methods)]
+        for p in patterns:
+            for f in fractions:
+                if key == "dice_missing" and f == 0:
+                    continue
+                cells = []
+                for m in methods:
+                    v = _grid(rows, m, key, [p], [f]).reshape(-1)
+                    cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if np.isfinite(v).any() else "-")
+                lines.append(f"| {p} | {f:.0%} | " + " | ".join(cells) + " |")
+        lines.append("")
+    baselines = [m for m in methods if METHODS[m].baseline]
+    missing = [f for f in fractions if f > 0]
+    if baselines and missing:
+        best = max(baselines, key=lambda m: np.nanmean(_grid(rows, m, "dice", patterns, missing)))
+        lines += [f"### Paired difference to the best baseline ({METHODS[best].name}), 25-75 % missing, "
+                  "mean [95 % interval] over cases", "", "| method | Dice, all voxels | Dice, missing voxels |", "|---|---|---|"]
+        for m in methods:
+            if m != best:
+                d_all = paired_difference(_grid(rows, m, "dice", patterns, missing), _grid(rows, best, "dice", patterns, missing))
+                d_miss = paired_difference(_grid(rows, m, "dice_missing", patterns, missing),
+                                           _grid(rows, best, "dice_missing", patterns, missing))
+                lines.append(f"| {METHODS[m].name} | {d_all} | {d_miss} |")
+        lines.append("")
+    if budget_rows:
+        lines += ["### Twice the budget (mean foreground Dice, all patterns and fractions)", "",
+                  "| method | 1x | 2x |", "|---|---|---|"]
+        for m in dict.fromkeys(r["method"] for r in budget_rows):
+            lines.append(f"| {METHODS[m].name} | {_mean_dice([r for r in rows if r['method'] == m]):.3f} | "
+                         f"{_mean_dice([r for r in budget_rows if r['method'] == m]):.3f} |")
+    return "\n".join(lines) + "\n"
 
 
-def write_outputs(out: Path, rows: list[dict]) -> None:
+def write_outputs(out: Path, rows: list[dict], budget_rows: list[dict], chosen: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,23 +288,23 @@ def write_outputs(out: Path, rows: list[dict]) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, list(rows[0]))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(rows + budget_rows)
     atomic_write(out / "results.csv", lambda p: p.write_text(text.getvalue()), overwrite=True)
-    table = markdown_table(rows)
-    atomic_write(out / "results.md", lambda p: p.write_text(
-        "Mean foreground Dice (± sd over test cases) by fraction of slices missing\n\n" + table + "\n"), overwrite=True)
-    fig, axes = plt.subplots(1, len(PATTERNS), figsize=(5 * len(PATTERNS), 3.8), sharey=True)
-    for ax, pattern in zip(axes, PATTERNS):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            pts = [(r["missing"], r["dice"]) for r in rows if (r["method"], r["pattern"], r["class"]) == (method, pattern, "mean")]
-            ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        ax.set_title(f"{pattern} slices missing")
-        ax.set_xlabel("slices missing (%)")
+    summary = summary_markdown(rows, budget_rows, chosen)
+    atomic_write(out / "summary.md", lambda p: p.write_text(summary), overwrite=True)
+    patterns = list(dict.fromkeys(r["pattern"] for r in rows))
+    fractions = sorted({r["missing"] for r in rows})
+    fig, axes = plt.subplots(1, len(patterns), figsize=(4 * len(patterns), 3.6), sharey=True, squeeze=False)
+    for ax, pattern in zip(axes[0], patterns):
+        for m in dict.fromkeys(r["method"] for r in rows):
+            means = [np.nanmean(_grid(rows, m, "dice", [pattern], [f])) for f in fractions]
+            ax.plot([100 * f for f in fractions], means, marker="o", label=METHODS[m].name)
+        ax.set_title(pattern)
+        ax.set_xlabel("missing (%)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean foreground Dice")
-    axes[0].legend()
+    axes[0][0].set_ylabel("mean foreground Dice")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     atomic_write(out / "dice_vs_missing.png", lambda p: fig.savefig(p, dpi=110), overwrite=True)
     plt.close(fig)
-    print(table)
-    print(f"results in {out.resolve()}: results.csv, results.md, dice_vs_missing.png")
+    print(summary)

@@ -1,0 +1,56 @@
+"""The study end to end on tiny data: stages, reuse, holes shared by every method, and its outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipelines.study import PATTERNS, RegionHolesd, hole_transforms, run_study
+from tests.cli_helpers import TINY
+
+
+def _tiny_overrides() -> dict:
+    pairs = dict(zip(TINY[::2], TINY[1::2]))
+    import yaml
+
+    return {k[2:]: yaml.safe_load(v) for k, v in pairs.items() if k not in ("--val_interval", "--progress")}
+
+
+def test_region_holes_reach_the_fraction_and_depend_on_the_case_only():
+    from monai.data import MetaTensor
+
+    mask = MetaTensor(torch.ones(1, 20, 20, 20), meta={"filename_or_obj": "/a/case1.nii.gz"})
+    a = RegionHolesd(0.5)({"mask": mask})["mask"]
+    b = RegionHolesd(0.5)({"mask": mask.clone()})["mask"]
+    assert 0.5 <= 1 - float(a.mean()) < 0.9 and torch.equal(a, b)
+    other = MetaTensor(torch.ones(1, 20, 20, 20), meta={"filename_or_obj": "/a/case2.nii.gz"})
+    assert not torch.equal(a, RegionHolesd(0.5)({"mask": other})["mask"])
+
+
+def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
+    out = tmp_path / "study"
+    kwargs = dict(epochs=1, seeds=(0, 1), methods=("unet_interp", "partial_soft"), patterns=("random", "regions"),
+                  fractions=(0.0, 0.5), candidates=("default",), n_test=2, kind="phantom", size=24,
+                  extra=_tiny_overrides())
+    rows = run_study(out, **kwargs)
+    assert {r["method"] for r in rows} == {"unet_interp", "partial_soft"} and {r["seed"] for r in rows} == {0, 1}
+    assert all(np.isnan(r["dice_missing"]) for r in rows if r["missing"] == 0)
+    assert any(np.isfinite(r["dice_missing"]) for r in rows if r["missing"] == 0.5)
+    summary = (out / "summary.md").read_text()
+    assert "Paired difference to the best baseline (UNet, interpolated)" in summary and "Twice the budget" in summary
+    assert (out / "dice_vs_missing.png").stat().st_size > 0 and (out / "results.csv").is_file()
+    # every method and seed saw the same holes: the test volumes' masks are a function of case and pattern only
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "final").rglob("best.pt")}
+    run_study(out, **kwargs)  # complete trainings are reused
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "final").rglob("best.pt")} == before
+
+
+def test_hole_transforms_keep_the_acquired_voxels(dataset):
+    image = sorted((dataset / "imagesTs").iterdir())[0]
+    label = sorted((dataset / "labelsTs").iterdir())[0]
+    for pattern in PATTERNS:
+        d = hole_transforms(pattern, 0.5, "soft", True)({"image": str(image), "label": str(label)})
+        assert d["image"].shape[0] == 2  # image and mask channel
+        holes = d["holes"]
+        assert 0.3 < 1 - float(holes.float().mean()) < 0.9, pattern
+        assert torch.all(d["mask"][holes] == 1) and torch.all((d["mask"][~holes] > 0) & (d["mask"][~holes] < 1))
