@@ -39,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # our configs are trusted, and MONAI's deprecation notices are not the user's business
-    warnings.filterwarnings("ignore", message=".*is resolved to an importable callable.*")
+    # MONAI's deprecation notices are not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import CLIError
-from pipelines.handlers import LAST, RUN_FILES, check_architecture, load_checkpoint
+from pipelines.handlers import BEST, LAST, RUN_FILES, check_architecture, load_checkpoint
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -96,6 +96,17 @@ def completed_epochs(path: str | os.PathLike) -> int:
         return 0
     state = load_checkpoint(path).get("trainer", {})  # ignite keeps the iteration, and the epoch only sometimes
     return int(state["epoch"]) if "epoch" in state else int(state.get("iteration", 0)) // max(int(state.get("epoch_length") or 1), 1)
+
+
+def training_state(folder: str | os.PathLike, epochs: int) -> str:
+    """What a training of ``epochs`` epochs into ``folder`` can build on: ``"complete"`` (a run of exactly that
+    many epochs, with its ``best.pt``: reuse it), ``"interrupted"`` (a ``last.pt`` of fewer epochs: resume it) or
+    ``"none"`` (nothing, or a run that cannot be continued to ``epochs``: train anew, replacing it)."""
+    folder = Path(folder)
+    done = completed_epochs(folder)
+    if done == epochs and (folder / BEST).is_file():
+        return "complete"
+    return "interrupted" if (folder / LAST).is_file() and done < epochs else "none"
 
 
 def prepare_training_output(

@@ -33,9 +33,9 @@ from pipelines.arguments import fraction, positive_int
 from pipelines.bundle import run_workflow
 from pipelines.config import load_config, parse_overrides
 from pipelines.errors import CLIError
-from pipelines.handlers import BEST, LAST
+from pipelines.handlers import BEST
 from pipelines.infer import checkpoint_overrides
-from pipelines.outputs import check_writable, completed_epochs, removed_if_failed
+from pipelines.outputs import check_writable, completed_epochs, removed_if_failed, training_state
 
 
 SETTINGS = "run.json"  # what the run in an output folder was asked for: the key to reusing its parts
@@ -136,13 +136,14 @@ def _run_parts(args: argparse.Namespace, out: Path, reuse: dict[str, bool], trai
     print(f"    ready in {time.perf_counter() - t:.1f} s")
 
     train_dir = out / "train"
-    done = completed_epochs(train_dir) if reuse["train"] else 0
-    if done >= args.epochs and (train_dir / BEST).is_file():
-        _step(2, f"training: reusing the complete {done}-epoch training in {train_dir} (same settings; "
+    state = training_state(train_dir, args.epochs) if reuse["train"] else "none"
+    if state == "complete":
+        _step(2, f"training: reusing the complete {args.epochs}-epoch training in {train_dir} (same settings; "
                  "--overwrite trains again)")
     else:
-        resume = reuse["train"] and (train_dir / LAST).is_file()
-        t = _step(2, f"training a PartialUNet for {args.epochs} epochs" + (f", continuing after epoch {done}" if resume else ""))
+        resume = state == "interrupted"
+        t = _step(2, f"training a PartialUNet for {args.epochs} epochs"
+                     + (f", continuing after epoch {completed_epochs(train_dir)}" if resume else ""))
         run_workflow(["train.yaml"], {"dataset_dir": str(data_dir), **train_overrides, "resume": resume,
                                       "overwrite": not resume}, args.extra)
         print(f"    trained in {time.perf_counter() - t:.0f} s; checkpoints and metrics in {train_dir}")

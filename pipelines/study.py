@@ -44,8 +44,8 @@ from pconv3d.transforms import DropSlicesd, FillHolesd, MaskedNormalizeIntensity
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms, network_input_transforms
 from pipelines.bundle import run_workflow
 from pipelines.evaluation import score_case
-from pipelines.handlers import BEST, LAST, load_checkpoint, network_from_checkpoint
-from pipelines.outputs import completed_epochs
+from pipelines.handlers import BEST, load_checkpoint, network_from_checkpoint
+from pipelines.outputs import training_state
 from pipelines.paired import paired_difference
 from pipelines.train import datalist_split
 
@@ -158,8 +158,9 @@ def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fra
 
 def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, Any]) -> Path:
     """Train into ``run`` unless a complete training is there; an interrupted one continues."""
-    if completed_epochs(run) < epochs or not (run / BEST).exists():
-        resume = (run / LAST).is_file() and completed_epochs(run) <= epochs
+    state = training_state(run, epochs)
+    if state != "complete":
+        resume = state == "interrupted"
         run_workflow(["train.yaml"], {"dataset_dir": str(data), "output_dir": str(run), "epochs": epochs, "seed": seed,
                                       "progress": False, "resume": resume, "overwrite": not resume, **overrides}, [])
     return run
