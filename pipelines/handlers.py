@@ -113,7 +113,7 @@ class RunCheckpointSaver(CheckpointSaver):
         network_def: the network's config (a ``_target_`` dict of plain values, or that dict as JSON), stored
             under ``network_def``; ``None`` leaves the architecture to the inference config.
         input_def: the config ids that shape what the network is given (``mask_input``, ``fill_missing``,
-            ``mask_channel``, ...), stored under ``input_def`` so that inference gives it the same.
+            ``mask_as_channel``, ...), stored under ``input_def`` so that inference gives it the same.
         evaluator: the engine whose ``key_metric_name`` decides ``best.pt``.
         key_metric_name: key of ``evaluator.state.metrics``.
 

@@ -68,7 +68,7 @@ METHODS: dict[str, Method] = {
     "unet_interp": Method("UNet, interpolated", {"network_def#_target_": UNET, "mask_input": False,
                                                  "fill_missing": "interpolate"}, True),
     "unet_interp_channel": Method("UNet, interpolated + mask channel", {
-        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate", "mask_channel": True}, True),
+        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate", "mask_as_channel": True}, True),
     "partial": Method("PartialUNet + mask"),
     "partial_soft": Method("PartialUNet, interpolated + soft mask", {"fill_missing": "soft"}),
 }
@@ -111,16 +111,16 @@ class RegionHolesd(MapTransform):
         return d
 
 
-def hole_transforms(pattern: str, fraction: float, fill: str | None, mask_channel: bool) -> Compose:
+def hole_transforms(pattern: str, fraction: float, fill: str | None, mask_as_channel: bool) -> Compose:
     """Load a test case, cut ``pattern`` holes at ``fraction``, normalize what is left, and shape the network's
-    input (``fill``, ``mask_channel``). The mask before filling is kept under ``holes`` (1 = acquired)."""
+    input (``fill``, ``mask_as_channel``). The mask before filling is kept under ``holes`` (1 = acquired)."""
     kind, axis, slices = PATTERNS[pattern]
     holes: list[MapTransform] = []
     if fraction > 0:
         holes = [DropSlicesd(IMAGE, mask_key=MASK, fraction=fraction, pattern=slices, axis=axis, seed=0)
                  if kind == "slices" else RegionHolesd(fraction), FillHolesd(IMAGE, mask_key=MASK)]
     return Compose([*infer_transforms(normalize=None).transforms, *holes, MaskedNormalizeIntensityd(IMAGE, mask_key=MASK),
-                    _KeepHoles(), *network_input_transforms(fill, mask_channel)])
+                    _KeepHoles(), *network_input_transforms(fill, mask_as_channel)])
 
 
 class _KeepHoles(MapTransform):
@@ -140,7 +140,7 @@ def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fra
     rows = []
     for pattern in patterns:
         for fraction in fractions:
-            transform = hole_transforms(pattern, fraction, given.get("fill_missing"), bool(given.get("mask_channel")))
+            transform = hole_transforms(pattern, fraction, given.get("fill_missing"), bool(given.get("mask_as_channel")))
             for case in cases:
                 d = transform(dict(case))
                 x, m = d[IMAGE][None].as_tensor(), d[MASK][None].as_tensor()

@@ -244,7 +244,7 @@ def test_torchrun_splits_a_folder_between_processes(dataset, trained, tmp_path):
 
 @pytest.mark.parametrize("recipe", [
     ["--network_def#_target_", "monai.networks.nets.UNet", "--mask_input", "false", "--fill_missing", "interpolate",
-     "--mask_channel", "true"],
+     "--mask_as_channel", "true"],
     ["--fill_missing", "soft"],
 ])
 def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path, recipe):
@@ -254,7 +254,7 @@ def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path,
     assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "1", *TINY, *recipe]) == 0
     best = load_checkpoint(out / "best.pt")
     assert best["input_def"]["fill_missing"] == recipe[recipe.index("--fill_missing") + 1]
-    channels = 2 if "--mask_channel" in recipe else 1
+    channels = 2 if "--mask_as_channel" in recipe else 1
     assert best["network_def"]["in_channels"] == channels
     images = dataset / "imagesTs"
     assert main(["infer", "--model", str(out / "best.pt"), "--input", str(images), "--output", str(tmp_path / "p"),

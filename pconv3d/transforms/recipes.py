@@ -135,7 +135,7 @@ FILL_MODES = ("interpolate", "soft")
 
 
 def network_input_transforms(
-    fill: str | None = None, mask_channel: bool = False, interpolate_slices: int | None = None
+    fill: str | None = None, mask_as_channel: bool = False, interpolate_slices: int | None = None
 ) -> list[MapTransform]:
     """Last steps: what the network is given in place of the holes, and whether the mask is an input channel.
     Last, because masked normalization and the final hole filling set holes to 0.
@@ -144,13 +144,13 @@ def network_input_transforms(
         fill: ``None`` leaves holes at 0 (partial convolutions skip them); ``"interpolate"`` fills them
             (:class:`~pconv3d.transforms.InterpolateMissingd`, slice axes detected from the mask) and keeps
             the mask; ``"soft"`` fills them and makes the mask the confidence of each voxel.
-        mask_channel: append the mask to the image as its last channel (for networks without a mask input,
+        mask_as_channel: append the mask to the image as its last channel (for networks without a mask input,
             or as extra information for those with one).
         interpolate_slices: the earlier option: interpolate missing slices along this one axis alone
             (:class:`~pconv3d.transforms.InterpolateSlicesd`), mask kept.
 
     Example:
-        >>> [type(t).__name__ for t in network_input_transforms("soft", mask_channel=True)]
+        >>> [type(t).__name__ for t in network_input_transforms("soft", mask_as_channel=True)]
         ['InterpolateMissingd', 'ConcatItemsd']
     """
     if fill is not None and fill not in FILL_MODES:
@@ -160,7 +160,7 @@ def network_input_transforms(
         steps.append(InterpolateSlicesd(IMAGE, mask_key=MASK, axis=interpolate_slices))
     if fill is not None:
         steps.append(InterpolateMissingd(IMAGE, mask_key=MASK, soft=fill == "soft"))
-    if mask_channel:
+    if mask_as_channel:
         steps.append(ConcatItemsd([IMAGE, MASK], IMAGE))
     return steps
 
@@ -198,7 +198,7 @@ def train_transforms(
     mask_options: Mapping[str, Any] | None = None,
     interpolate_slices: int | None = None,
     fill: str | None = None,
-    mask_channel: bool = False,
+    mask_as_channel: bool = False,
 ) -> Compose:
     """Training transforms for datalist entries ``{"image": path, "label": path, "mask": path?}``.
 
@@ -226,7 +226,7 @@ def train_transforms(
         interpolate_slices: fill missing slices along this axis by linear interpolation (for networks
             without a mask input); ``None`` leaves holes at 0.
         fill: ``None``, ``"interpolate"`` or ``"soft"``: see :func:`network_input_transforms`.
-        mask_channel: append the mask as the image's last channel.
+        mask_as_channel: append the mask as the image's last channel.
 
     Example:
         >>> from monai.data import DataLoader, Dataset
@@ -265,7 +265,7 @@ def train_transforms(
         steps += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
     if intensity:
         steps += [RandScaleIntensityd(IMAGE, factors=0.1, prob=0.5), RandGaussianNoised(IMAGE, prob=0.2, std=0.05)]
-    steps += [FillHolesd(IMAGE, mask_key=MASK), *network_input_transforms(fill, mask_channel, interpolate_slices),
+    steps += [FillHolesd(IMAGE, mask_key=MASK), *network_input_transforms(fill, mask_as_channel, interpolate_slices),
               EnsureTyped(KEYS, dtype=torch.float32)]
     return Compose(steps)
 
@@ -279,7 +279,7 @@ def infer_transforms(
     mask_options: Mapping[str, Any] | None = None,
     interpolate_slices: int | None = None,
     fill: str | None = None,
-    mask_channel: bool = False,
+    mask_as_channel: bool = False,
 ) -> Compose:
     """Inference and evaluation transforms for entries ``{"image": path, "label": path?, "mask": path?}``.
 
@@ -297,7 +297,7 @@ def infer_transforms(
         mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd`.
         interpolate_slices: fill missing slices along this axis by linear interpolation, or ``None``.
         fill: ``None``, ``"interpolate"`` or ``"soft"``: see :func:`network_input_transforms`.
-        mask_channel: append the mask as the image's last channel.
+        mask_as_channel: append the mask as the image's last channel.
 
     Example:
         >>> tf = infer_transforms(drop_slices={"fraction": 0.5, "pattern": "regular"})
@@ -308,7 +308,7 @@ def infer_transforms(
     steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
     if drop_slices is not None:
         steps.append(DropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
-    steps += [*_normalize(normalize), *network_input_transforms(fill, mask_channel, interpolate_slices),
+    steps += [*_normalize(normalize), *network_input_transforms(fill, mask_as_channel, interpolate_slices),
               EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
     return Compose(steps)
 
