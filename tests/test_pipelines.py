@@ -260,3 +260,10 @@ def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path,
     assert main(["infer", "--model", str(out / "best.pt"), "--input", str(images), "--output", str(tmp_path / "p"),
                  "--progress", "false"]) == 0
     assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list(images.iterdir()))
+
+
+def test_bundle_metadata_names_the_classes_of_the_default_dataset():
+    from pconv3d.data.mni import LABELS
+
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == LABELS
