@@ -1,7 +1,7 @@
 """Missing-data study: every method of pipelines/study.py, tuned on validation cases, 3 seeds, paired intervals.
 
 Run: ``python -m benchmarks.robustness_study [--output outputs/study] [--epochs 250]`` (same as
-``pconv3d evaluate --study``). About 1 h 40 min on 2 CPU cores at 250 epochs; stop and start it again at will.
+``pconv3d evaluate --study``). About an hour on 2 CPU cores at 250 epochs; stop and start it again at will.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ Scores per case: foreground Dice on all voxels and on the missing voxels alone (
 Writes ``results.csv`` (a row per method, seed, case, pattern, fraction and class), ``summary.md`` (mean ± sd over
 seeds and cases, and each method minus the best baseline, paired over case, seed and holes, with a 95 %
 interval: :mod:`pipelines.paired`) and ``dice_vs_missing.png``. Trainings are reused when complete and resumed when
-interrupted, so the study can be stopped and started again. Run time on 2 CPU cores at 250 epochs: about 2 min
-per training, 6 methods x (3 candidates + 3 seeds) + 2 x 3 at twice the budget, about 1 h 40 min in all.
+interrupted, so the study can be stopped and started again. Run time on 2 CPU cores at 250 epochs: about 65 s
+per training, 5 methods x (3 candidates + 3 seeds) + 2 x 3 at twice the budget, about an hour in all.
 """
 
 from __future__ import annotations
