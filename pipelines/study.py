@@ -56,17 +56,21 @@ SLICE_AXIS = 2
 
 @dataclass(frozen=True)
 class Method:
-    """A way of handling missing voxels: training-config overrides, and whether it is a baseline."""
+    """A way of handling missing voxels: training-config overrides, whether it is a baseline, and the training
+    settings (:data:`CANDIDATES`) it is tuned over."""
 
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     baseline: bool = False
+    candidates: tuple[str, ...] = ("default", "often, all axes")
 
 
 METHODS: dict[str, Method] = {
     "unet_zero": Method("UNet, zero-filled", {"network_def#_target_": UNET, "mask_input": False}, True),
     "unet_interp": Method("UNet, interpolated", {"network_def#_target_": UNET, "mask_input": False,
                                                  "fill_missing": "interpolate"}, True),
+    "unet_interp_noholes": Method("UNet, interpolated, trained on complete volumes", {
+        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate"}, True, ("none",)),
     "unet_interp_channel": Method("UNet, interpolated + mask channel", {
         "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate", "mask_as_channel": True}, True),
     "partial": Method("PartialUNet + mask"),
@@ -131,20 +135,19 @@ class _KeepHoles(MapTransform):
         return {**data, "holes": data[MASK] != 0}
 
 
-SCORES = "scores.json"  # beside a run's best.pt: its rows, with what they were computed on
-
-
 def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions: Sequence[float],
-                  roi: Sequence[int], num_classes: int) -> list[dict[str, Any]]:
+                  roi: Sequence[int], num_classes: int, split: str = "test") -> list[dict[str, Any]]:
     """Rows of foreground Dice (all voxels, missing voxels) per case, pattern, fraction and class; kept in
-    ``run/scores.json`` and reused while the run's ``best.pt`` and the cases, holes and window are the same."""
+    ``run/scores_{split}.json`` and reused while the run's ``best.pt`` and the cases, holes and window are the
+    same."""
+    scores = run / f"scores_{split}.json"
     key = {"cases": [Path(c[IMAGE]).name for c in cases], "patterns": list(patterns), "fractions": list(fractions),
            "roi": list(roi), "best": (run / BEST).stat().st_mtime_ns}
-    saved = json.loads((run / SCORES).read_text()) if (run / SCORES).is_file() else {}
+    saved = json.loads(scores.read_text()) if scores.is_file() else {}
     if saved.get("key") == key:
         return saved["rows"]
     rows = _score(run, cases, patterns, fractions, roi, num_classes)
-    atomic_write(run / SCORES, lambda p: p.write_text(json.dumps({"key": key, "rows": rows})), overwrite=True)
+    atomic_write(scores, lambda p: p.write_text(json.dumps({"key": key, "rows": rows})), overwrite=True)
     return rows
 
 
@@ -186,6 +189,17 @@ def _mean_dice(rows: list[dict[str, Any]], key: str = "dice") -> float:
     return float(np.nanmean([r[key] for r in rows]))
 
 
+def study_data(out: Path, kind: str = "mni", size: int = 48, n_test: int = 8) -> tuple[Path, int, list[dict], list[dict]]:
+    """The study's dataset under ``out/data`` (written unless there with these settings): its folder, number of
+    classes, validation cases and test cases."""
+    data = out / "data"
+    wanted = {"kind": kind, "n_train": 8, "n_test": n_test, "size": size, "seed": 0}
+    if (generated_dataset_settings(data) or {}) != wanted:
+        make_dataset(kind, data, n_train=8, n_test=n_test, size=size, seed=0, overwrite=True)
+    header = json.loads((data / DATASET_JSON).read_text())
+    return data, len(header["labels"]), datalist_split(str(data), "validation"), load_datalist(data / DATASET_JSON, "test")
+
+
 def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Sequence[int] = (0, 1, 2),
               methods: Sequence[str] = tuple(METHODS), patterns: Sequence[str] = tuple(PATTERNS),
               fractions: Sequence[float] = FRACTIONS, candidates: Sequence[str] = tuple(CANDIDATES),
@@ -194,33 +208,35 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
 
     ``extra`` are config overrides for every training (the tests make the networks tiny with it)."""
     out = Path(output)
-    data = out / "data"
-    wanted = {"kind": kind, "n_train": 8, "n_test": n_test, "size": size, "seed": 0}
-    if (generated_dataset_settings(data) or {}) != wanted:
-        make_dataset(kind, data, n_train=8, n_test=n_test, size=size, seed=0, overwrite=True)
-    header = json.loads((data / DATASET_JSON).read_text())
-    num_classes = len(header["labels"])
-    validation, test = datalist_split(str(data), "validation"), load_datalist(data / DATASET_JSON, "test")
+    data, num_classes, validation, test = study_data(out, kind, size, n_test)
     roi, extra = [32, 32, 32], dict(extra or {})
     roi = extra.get("patch_size", roi)
     start = time.perf_counter()
 
     chosen: dict[str, str] = {}
+    tuned: dict[str, Path] = {}  # the first seed's training with the chosen settings: the final stage reuses it
     for slug in methods:  # 1. tune on validation cases, first seed
-        scores = {}
-        for cand in candidates:
-            run = train(data, out / "tune" / slug / cand.replace(", ", "_").replace(" ", "_"), epochs, seeds[0],
-                        {**METHODS[slug].overrides, **CANDIDATES[cand], **extra})
-            scores[cand] = _mean_dice(score_network(run, validation, patterns, [f for f in fractions if f > 0] or [0.0],
-                                                    roi, num_classes))
+        allowed = [c for c in candidates if c in METHODS[slug].candidates] or list(METHODS[slug].candidates)
+        if len(allowed) == 1:
+            chosen[slug] = allowed[0]
+            continue
+        scores, runs = {}, {}
+        for cand in allowed:
+            runs[cand] = train(data, out / "tune" / slug / cand.replace(", ", "_").replace(" ", "_"), epochs, seeds[0],
+                               {**METHODS[slug].overrides, **CANDIDATES[cand], **extra})
+            scores[cand] = _mean_dice(score_network(runs[cand], validation, patterns,
+                                                    [f for f in fractions if f > 0] or [0.0], roi, num_classes,
+                                                    "validation"))
         chosen[slug] = max(scores, key=scores.get)
+        tuned[slug] = runs[chosen[slug]]
         print(f"{METHODS[slug].name}: validation Dice {', '.join(f'{c} {v:.3f}' for c, v in scores.items())}; "
               f"chosen: {chosen[slug]} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     rows: list[dict[str, Any]] = []
     for slug in methods:  # 2. every seed, test cases
         for seed in seeds:
-            run = train(data, out / "final" / slug / f"seed{seed}", epochs, seed,
+            same = seed == seeds[0] and slug in tuned  # same data, settings and seed: the same training
+            run = train(data, tuned[slug] if same else out / "final" / slug / f"seed{seed}", epochs, seed,
                         {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
             rows += [{"method": slug, "seed": seed, "epochs": epochs, **r}
                      for r in score_network(run, test, patterns, fractions, roi, num_classes)]
@@ -287,6 +303,16 @@ def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any
                 d_miss = paired_difference(_grid(rows, m, "dice_missing", patterns, missing),
                                            _grid(rows, best, "dice_missing", patterns, missing))
                 lines.append(f"| {METHODS[m].name} | {d_all} | {d_miss} |")
+        lines += ["", f"### Paired difference to {METHODS[best].name} by pattern (Dice, all voxels; 25-75 % missing, "
+                  "and nothing missing)", "", "| method | " + " | ".join(patterns) + " | nothing missing |",
+                  "|---|" + "---|" * (len(patterns) + 1)]
+        for m in methods:
+            if m != best:
+                cells = [paired_difference(_grid(rows, m, "dice", [p], missing), _grid(rows, best, "dice", [p], missing))
+                         for p in patterns]
+                complete = paired_difference(_grid(rows, m, "dice", patterns[:1], [0.0]),
+                                             _grid(rows, best, "dice", patterns[:1], [0.0])) if 0.0 in fractions else "-"
+                lines.append(f"| {METHODS[m].name} | " + " | ".join(map(str, cells)) + f" | {complete} |")
         lines.append("")
     if budget_rows:
         lines += ["### Twice the budget (mean foreground Dice, all patterns and fractions)", "",

@@ -31,21 +31,27 @@ def test_region_holes_reach_the_fraction_and_depend_on_the_case_only():
 
 def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
     out = tmp_path / "study"
-    kwargs = dict(epochs=1, seeds=(0, 1), methods=("unet_interp", "partial_soft"), patterns=("random", "regions"),
-                  fractions=(0.0, 0.5), candidates=("default",), n_test=2, kind="phantom", size=24,
+    methods = ("unet_interp", "unet_interp_noholes", "partial_soft")
+    kwargs = dict(epochs=1, seeds=(0, 1), methods=methods, patterns=("random", "regions"),
+                  fractions=(0.0, 0.5), candidates=("default", "often, all axes"), n_test=2, kind="phantom", size=24,
                   extra=_tiny_overrides())
     rows = run_study(out, **kwargs)
-    assert {r["method"] for r in rows} == {"unet_interp", "partial_soft"} and {r["seed"] for r in rows} == {0, 1}
+    assert {r["method"] for r in rows} == set(methods) and {r["seed"] for r in rows} == {0, 1}
+    # a method with one allowed setting is not tuned; a tuned method's first seed is its tuning run, reused
+    assert not (out / "tune" / "unet_interp_noholes").exists() and (out / "final" / "unet_interp_noholes" / "seed0").is_dir()
+    assert sorted(p.name for p in (out / "tune" / "unet_interp").iterdir()) == ["default", "often_all_axes"]
+    assert sorted(p.name for p in (out / "final" / "unet_interp").iterdir()) == ["seed1"]
     assert all(np.isnan(r["dice_missing"]) for r in rows if r["missing"] == 0)
     assert any(np.isfinite(r["dice_missing"]) for r in rows if r["missing"] == 0.5)
     summary = (out / "summary.md").read_text()
-    assert "Paired difference to the best baseline (UNet, interpolated)" in summary and "Twice the budget" in summary
+    assert "Paired difference to the best baseline (UNet, interpolated" in summary and "Twice the budget" in summary
+    assert "by pattern" in summary and "UNet, interpolated, trained on complete volumes: none" in summary
     assert (out / "dice_vs_missing.png").stat().st_size > 0 and (out / "results.csv").is_file()
     # every method and seed saw the same holes: the test volumes' masks are a function of case and pattern only
-    before = {str(p): p.stat().st_mtime_ns for p in (out / "final").rglob("*.*") if p.suffix in (".pt", ".json")}
+    before = {str(p): p.stat().st_mtime_ns for p in out.rglob("*.*") if p.suffix in (".pt", ".json")}
     again = run_study(out, **kwargs)  # complete trainings and their scores are reused
     assert json.dumps(again) == json.dumps(rows)  # (NaN == NaN as text)
-    assert {str(p): p.stat().st_mtime_ns for p in (out / "final").rglob("*.*") if p.suffix in (".pt", ".json")} == before
+    assert {str(p): p.stat().st_mtime_ns for p in out.rglob("*.*") if p.suffix in (".pt", ".json")} == before
 
 
 def test_hole_transforms_keep_the_acquired_voxels(dataset):

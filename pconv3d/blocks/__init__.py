@@ -18,6 +18,7 @@ from pconv3d.blocks.dynunet_block import (
     PartialUnetResBlock,
     PartialUnetUpBlock,
 )
+from pconv3d.blocks.gated import GatedConvolution, GatedResidualUnit
 from pconv3d.blocks.norm import (
     MaskedBatchNorm1d,
     MaskedBatchNorm2d,
@@ -62,4 +63,6 @@ __all__ = [
     "PartialUnetResBlock",
     "PartialUnetUpBlock",
     "PartialUnetOutBlock",
+    "GatedConvolution",
+    "GatedResidualUnit",
 ]

@@ -1,0 +1,54 @@
+"""``GatedUNet``: MONAI's ``UNet`` with gated blocks, for images that carry their validity mask as a channel."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.nets import UNet
+
+from pconv3d.blocks.gated import GatedConvolution, GatedResidualUnit
+
+__all__ = ["GatedUNet"]
+
+
+class GatedUNet(UNet):
+    """Drop-in for ``monai.networks.nets.UNet`` (same arguments) whose blocks learn a soft validity mask.
+
+    Every encoder, bottom and decoder block is gated (:mod:`pconv3d.blocks.gated`): its output is multiplied
+    by ``sigmoid`` of a convolution of its input, with the block's geometry. The top decoder block, which
+    writes the logits, is MONAI's, ungated. Give the mask as the input's last channel (``in_channels`` =
+    image channels + 1; the configs' ``mask_as_channel: true``), with the holes filled
+    (``fill_missing: interpolate`` or ``soft``). ``state_dict`` keys are ``UNet``'s plus the gates', so a
+    trained ``UNet``'s weights load with ``strict=False``.
+
+    Example::
+
+        >>> net = GatedUNet(3, 2, 4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+        >>> net(torch.randn(1, 2, 32, 32, 32)).shape
+        torch.Size([1, 4, 32, 32, 32])
+        >>> missing = net.load_state_dict(UNet(3, 2, 4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1).state_dict(), strict=False)
+        >>> all(k.endswith(("gate.weight", "gate.bias")) for k in missing.missing_keys), missing.unexpected_keys
+        (True, [])
+    """
+
+    def _block_args(self) -> dict:
+        return dict(act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias, adn_ordering=self.adn_ordering)
+
+    def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
+        if self.num_res_units > 0:
+            return GatedResidualUnit(self.dimensions, in_channels, out_channels, strides=strides,
+                                     kernel_size=self.kernel_size, subunits=self.num_res_units, **self._block_args())
+        return GatedConvolution(self.dimensions, in_channels, out_channels, strides=strides,
+                                kernel_size=self.kernel_size, **self._block_args())
+
+    def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
+        # the top block writes the logits: a gate there would only pull them towards 0
+        conv_type = Convolution if is_top else GatedConvolution
+        conv = conv_type(self.dimensions, in_channels, out_channels, strides=strides, kernel_size=self.up_kernel_size,
+                         conv_only=is_top and self.num_res_units == 0, is_transposed=True, **self._block_args())
+        if self.num_res_units == 0:
+            return conv
+        unit_type = ResidualUnit if is_top else GatedResidualUnit
+        ru = unit_type(self.dimensions, out_channels, out_channels, strides=1, kernel_size=self.kernel_size,
+                       subunits=1, last_conv_only=is_top, **self._block_args())
+        return nn.Sequential(conv, ru)
