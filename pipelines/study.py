@@ -24,6 +24,7 @@ per training, 5 methods x (3 candidates + 3 seeds) + 2 x 3 at twice the budget, 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import time
@@ -73,8 +74,14 @@ METHODS: dict[str, Method] = {
         "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate"}, True, ("none",)),
     "unet_interp_channel": Method("UNet, interpolated + mask channel", {
         "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate", "mask_as_channel": True}, True),
+    "unet_wide_soft_channel": Method("UNet (GatedUNet's size), interpolated + confidence channel", {
+        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "soft", "mask_as_channel": True,
+        "network_def#channels": [22, 44, 88, 176]}, True),
     "partial": Method("PartialUNet + mask"),
     "partial_soft": Method("PartialUNet, interpolated + soft mask", {"fill_missing": "soft"}),
+    "gated": Method("GatedUNet, interpolated + confidence channel", {
+        "network_def#_target_": "pconv3d.networks.GatedUNet", "mask_input": False, "fill_missing": "soft",
+        "mask_as_channel": True}),
 }
 # training settings tuned per method on the validation cases ("none" is training without simulated holes)
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -159,20 +166,31 @@ def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions:
     rows = []
     for pattern in patterns:
         for fraction in fractions:
-            transform = hole_transforms(pattern, fraction, given.get("fill_missing"), bool(given.get("mask_as_channel")))
             for case in cases:
-                d = transform(dict(case))
-                x, m = d[IMAGE][None].as_tensor(), d[MASK][None].as_tensor()
+                files = tuple((f, Path(f).stat().st_mtime_ns) for f in (case[IMAGE], case[LABEL]))
+                x, m, label, holes = _case_inputs(files, pattern, fraction, given.get("fill_missing"),
+                                                  bool(given.get("mask_as_channel")))
                 kwargs = {"condition": m} if given.get("mask_input", True) else {}
                 logits = sliding_window_inference(x, roi, 4, network, overlap=0.25, **kwargs)
-                missing = ~d["holes"][0]
-                s = score_case(logits[0].argmax(0), d[LABEL][0].as_tensor(), num_classes,
-                               region=missing if missing.any() else None)
+                missing = ~holes
+                s = score_case(logits[0].argmax(0), label, num_classes, region=missing if missing.any() else None)
                 for c in range(num_classes - 1):
                     rows.append({"case": Path(case[IMAGE]).name, "pattern": pattern, "missing": fraction, "class": c + 1,
                                  "dice": float(s["dice"][c]),
                                  "dice_missing": float(s["dice_region"][c]) if "dice_region" in s else float("nan")})
     return rows
+
+
+@functools.lru_cache(maxsize=1024)
+def _case_inputs(files: tuple[tuple[str, int], ...], pattern: str, fraction: float, fill: str | None,
+                 mask_as_channel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A case with its holes, as the network takes it: (image, mask) batched, the label and the acquired
+    voxels (spatial). ``files``: the image and label paths with their modification times. Kept for the
+    process, since every method and seed scores the same inputs: the key is everything they depend on (the
+    files as written, and holes drawn from fixed seeds), so an entry never goes stale."""
+    (image, _), (label, _) = files
+    d = hole_transforms(pattern, fraction, fill, mask_as_channel)({IMAGE: image, LABEL: label})
+    return d[IMAGE][None].as_tensor(), d[MASK][None].as_tensor(), d[LABEL][0].as_tensor(), d["holes"][0]
 
 
 def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, Any]) -> Path:
