@@ -294,6 +294,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+# what every config before ``input_def`` was recorded gave the network: the image with holes at 0, and the mask
+EARLIER_INPUT_DEF = {"mask_input": True, "fill_missing": None, "mask_as_channel": False}
+
+
+def input_def(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's network is given (``mask_input``, ``fill_missing``, ``mask_as_channel``, ...): as
+    recorded, or for a checkpoint from before that was recorded, what every earlier config gave it."""
+    return dict(checkpoint.get("input_def") or EARLIER_INPUT_DEF)
+
+
 def check_architecture(network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Raise a ``ValueError`` naming the keys or shapes that differ unless ``state`` (from ``path``) fits
     ``network`` exactly."""

@@ -20,7 +20,7 @@ from pconv3d.io.datalist import load_folder
 from pconv3d.io.save import output_path
 from pipelines.arguments import positive_int
 from pipelines.bundle import add_common_arguments, common_overrides, run_workflow
-from pipelines.handlers import load_checkpoint
+from pipelines.handlers import input_def, load_checkpoint
 from pipelines.inputs import check_cases
 
 
@@ -100,7 +100,7 @@ def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
     ckpt = load_checkpoint(model_path)
     overrides: dict[str, Any] = {"model_path": model_path}
     given = {key[2:].split("#")[0] for key in extra if key.startswith("--")}
-    recorded = {"network_def": ckpt.get("network_def"), **(ckpt.get("input_def") or {})}
+    recorded = {"network_def": ckpt.get("network_def"), **input_def(ckpt)}
     overrides.update({k: v for k, v in recorded.items() if k not in given and (k != "network_def" or v)})
     return overrides
 

@@ -45,7 +45,7 @@ from pconv3d.transforms import DropSlicesd, FillHolesd, MaskedNormalizeIntensity
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms, network_input_transforms
 from pipelines.bundle import run_workflow
 from pipelines.evaluation import score_case
-from pipelines.handlers import BEST, load_checkpoint, network_from_checkpoint
+from pipelines.handlers import BEST, input_def, load_checkpoint, network_from_checkpoint
 from pipelines.outputs import training_state
 from pipelines.paired import paired_difference
 from pipelines.train import datalist_split
@@ -162,7 +162,7 @@ def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fra
 def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions: Sequence[float],
            roi: Sequence[int], num_classes: int) -> list[dict[str, Any]]:
     network = network_from_checkpoint(run / BEST)
-    given = load_checkpoint(run / BEST).get("input_def") or {}
+    given = input_def(load_checkpoint(run / BEST))
     rows = []
     for pattern in patterns:
         for fraction in fractions:
@@ -170,7 +170,7 @@ def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions:
                 files = tuple((f, Path(f).stat().st_mtime_ns) for f in (case[IMAGE], case[LABEL]))
                 x, m, label, holes = _case_inputs(files, pattern, fraction, given.get("fill_missing"),
                                                   bool(given.get("mask_as_channel")))
-                kwargs = {"condition": m} if given.get("mask_input", True) else {}
+                kwargs = {"condition": m} if given["mask_input"] else {}
                 logits = sliding_window_inference(x, roi, 4, network, overlap=0.25, **kwargs)
                 missing = ~holes
                 s = score_case(logits[0].argmax(0), label, num_classes, region=missing if missing.any() else None)
