@@ -281,7 +281,8 @@ class MetricsLog(MetricLogger):
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a pconv3d checkpoint with ``weights_only=True``; a clear ``ValueError`` for anything else."""
+    """Load a checkpoint with ``weights_only=True``: a pconv3d run's (``best.pt``, ``last.pt``), or a plain
+    ``state_dict`` (returned as ``{"network": state_dict}``); a clear ``ValueError`` for anything else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -289,8 +290,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors all mean "not a checkpoint we can read"
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {(str(e).splitlines() or ['empty or cut short'])[0][:200]})") from None
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return {"network": ckpt}  # a plain state_dict, as the MONAI model zoo and a bundle's models/model.pt ship
     if not isinstance(ckpt, dict) or "network" not in ckpt:
-        raise ValueError(f"{path} is not a pconv3d checkpoint (expected a dict with the network's weights under 'network')")
+        raise ValueError(f"{path} is not a checkpoint of a network (expected a state_dict, or a dict with the "
+                         "network's weights under 'network')")
     return ckpt
 
 

@@ -1,0 +1,90 @@
+"""A training run folder as a MONAI bundle: what ``pconv3d train`` adds to it when training ends.
+
+MONAI's bundle specification puts ``configs/metadata.json``, ``configs/inference.yaml`` (and the training
+config), ``models/model.pt`` (a plain ``state_dict``, as the model zoo ships) and ``docs/README.md`` in one
+folder, with the licence. The run folder gets them, with the configs set to the trained architecture and to
+what its network is given (``input_def``), so MONAI's bundle tools work on it directly::
+
+    python -m monai.bundle verify_net_in_out network_def --meta_file RUN/configs/metadata.json \\
+        --config_file RUN/configs/inference.yaml
+    python -m monai.bundle ckpt_export network_def --filepath RUN/models/model.ts \\
+        --ckpt_file RUN/models/model.pt --meta_file RUN/configs/metadata.json --config_file RUN/configs/inference.yaml
+    python -m monai.bundle run --config_file RUN/configs/inference.yaml --bundle_root RUN --input FILE_OR_DIR
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from pconv3d.io.sitk import atomic_write
+from pipelines.config import CONFIG_DIR
+from pipelines.handlers import BEST, input_def, load_checkpoint
+
+__all__ = ["write_bundle", "MODEL"]
+
+MODEL = Path("models") / "model.pt"
+_MASK_CHANNEL = "validity mask (1 = acquired; with fill_missing soft: confidence in (0, 1])"
+
+
+def _yaml(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, width=120)
+
+
+def _metadata(template: dict[str, Any], network_def: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    meta = json.loads(json.dumps(template))
+    inputs = meta["network_data_format"]["inputs"]
+    image = inputs["image"]
+    image["num_channels"] = int(network_def["in_channels"])
+    if given.get("mask_as_channel"):
+        image["channel_def"][str(image["num_channels"] - 1)] = _MASK_CHANNEL
+    if not given.get("mask_input"):
+        inputs.pop("condition", None)
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = int(network_def["out_channels"])
+    name = str(network_def["_target_"]).rsplit(".", 1)[-1]
+    fill = given.get("fill_missing") or "zero-filled"
+    meta["description"] = (f"A {name} trained on the default MNI152-derived dataset; holes: {fill}"
+                           + (", mask as a channel" if given.get("mask_as_channel") else "")
+                           + (", mask as input" if given.get("mask_input") else ""))
+    return meta
+
+
+def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) -> Path:
+    """Make ``output_dir`` (a finished run holding ``best.pt``) a MONAI bundle, from the configs, docs and
+    licence under ``bundle_root`` (default: this project's); returns the path of ``models/model.pt``. Files
+    are written atomically and replace the bundle files of this run only."""
+    out, root = Path(output_dir), Path(bundle_root) if bundle_root is not None else CONFIG_DIR.parent
+    ckpt = load_checkpoint(out / BEST)
+    network_def, given = ckpt.get("network_def"), input_def(ckpt)
+    if not network_def:
+        raise ValueError(f"{out / BEST} records no network_def: cannot write the bundle's configs")
+    trained = {"network_def": network_def, **given}
+
+    def save_state(path: Path) -> None:
+        buffer = io.BytesIO()
+        torch.save(ckpt["network"], buffer)
+        path.write_bytes(buffer.getvalue())
+
+    (out / MODEL).parent.mkdir(exist_ok=True)
+    atomic_write(out / MODEL, save_state, overwrite=True)
+    (out / "configs").mkdir(exist_ok=True)
+    for name in ("inference.yaml", "train.yaml"):
+        config = yaml.safe_load((root / "configs" / name).read_text())
+        config.update(trained)
+        if name == "inference.yaml":
+            config["model_path"] = f"$@bundle_root + '/{MODEL.as_posix()}'"
+        atomic_write(out / "configs" / name, lambda p, c=config: p.write_text(_yaml(c)), overwrite=True)
+    meta = _metadata(json.loads((root / "configs" / "metadata.json").read_text()), network_def, given)
+    atomic_write(out / "configs" / "metadata.json", lambda p: p.write_text(json.dumps(meta, indent=2)), overwrite=True)
+    for name in ("logging.conf",):
+        shutil.copyfile(root / "configs" / name, out / "configs" / name)
+    (out / "docs").mkdir(exist_ok=True)
+    shutil.copyfile(root / "docs" / "README.md", out / "docs" / "README.md")
+    shutil.copyfile(root / "LICENSE", out / "LICENSE")
+    return out / MODEL
