@@ -38,9 +38,16 @@ def _keep_bits(mask: Tensor, dtype: torch.dtype, binary: bool = False) -> Tensor
 
 def all_valid(mask: Optional[Tensor]) -> bool:
     """Whether every element of ``mask`` is known to be fully valid (``None``: yes); see
-    :attr:`pconv3d.mask.Mask.all_valid` for when that is known. Always ``False`` under TorchScript."""
+    :attr:`pconv3d.mask.Mask.all_valid` for when that is known. Under TorchScript the same rule, read from
+    the tensor (a single-channel mask on the CPU), so a scripted network takes the shortcuts the eager one
+    takes and does the same arithmetic."""
     if torch.jit.is_scripting():
-        return mask is None
+        if mask is None:
+            return True
+        if mask.device.type != "cpu" or (mask.dim() > 1 and mask.shape[1] != 1):
+            return False
+        ones = mask != 0 if not mask.is_floating_point() else mask == 1
+        return bool(torch.count_nonzero(ones) == mask.numel())
     return Mask.of(mask).all_valid
 
 

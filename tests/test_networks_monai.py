@@ -55,12 +55,15 @@ def twins(**kw):
 def test_torchscript_through_monai(net, tmp_path):
     x, m = volume((16, 16, 16))
     path = str(tmp_path / "net.ts")
-    convert_to_torchscript(net, path, verify=True, inputs=[x, m], rtol=1e-5, atol=1e-6)
+    # MONAI's default tolerances (rtol 1e-4, atol 0): the scripted network does the eager arithmetic
+    convert_to_torchscript(net, path, verify=True, inputs=[x, m])
+    convert_to_torchscript(net, verify=True, inputs=[x])
     loaded = torch.jit.load(path)
-    want = net(x, m)
-    # eager takes the torch norms' kernels where a mask is all valid: equal up to float32 rounding
-    torch.testing.assert_close(loaded(fill_holes(x, m, MIXED), m), want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loaded(x), net(x))
+    with torch.no_grad():
+        assert torch.equal(loaded(fill_holes(x, m, MIXED), m), net(x, m)) and torch.equal(loaded(x), net(x))
+        # where a mask is all valid, both take the torch norm's kernel (eager knows it from its carrier)
+        ones = torch.ones_like(m)
+        assert torch.equal(loaded(x, ones), net(x, ones))
 
 
 def test_onnx_packed_input_through_monai_with_onnxruntime(tmp_path):

@@ -24,6 +24,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from pconv3d.mask import tensor_of
@@ -84,17 +85,18 @@ class MaskedNorm:
         """Whether nothing is missing (no mask, or one known all valid) and the torch norm follows the rules
         here: then its own kernels give the same result in fewer passes. All torch norms follow them but
         instance norm with ``momentum=None``, which leaves its running statistics as they are (here: a
-        cumulative average). Never under TorchScript."""
-        if torch.jit.is_scripting():
-            return False
-        updates = self.training and getattr(self, "track_running_stats", False)
-        cumulative = updates and self.momentum is None and isinstance(self, nn.modules.instancenorm._InstanceNorm)
-        return not cumulative and all_valid(mask)
+        cumulative average). Under TorchScript the same rule (:func:`~pconv3d.masking.all_valid` reads a tensor
+        mask as the carrier would), so a scripted network does the eager arithmetic."""
+        return not self._cumulative_update() and all_valid(mask)
 
-    @torch.jit.unused
+    def _cumulative_update(self) -> bool:
+        """Whether this call updates running statistics as a cumulative average (see above)."""
+        return False
+
     def _torch_norm(self, input: Tensor) -> Tensor:
-        # nothing is missing: the torch norm's own kernels, the same result in fewer passes
-        return super().forward(input)
+        """Nothing is missing: the torch norm's own kernel (its functional form, as its ``forward`` calls
+        it, so that scripting compiles it too)."""
+        raise NotImplementedError
 
 
 class _MaskedRunningNorm(MaskedNorm):
@@ -147,10 +149,31 @@ class _MaskedInstanceNorm(_MaskedRunningNorm):
     def _stat_dims(self, input: Tensor) -> List[int]:
         return list(range(2, input.dim()))
 
+    def _cumulative_update(self) -> bool:
+        return self.training and self.track_running_stats and self.momentum is None
+
+    def _torch_norm(self, input: Tensor) -> Tensor:
+        momentum = self.momentum if self.momentum is not None else 0.0  # None (cumulative) never comes here
+        return F.instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                               self.training or not self.track_running_stats, momentum, self.eps)
+
 
 class _MaskedBatchNorm(_MaskedRunningNorm):
     def _stat_dims(self, input: Tensor) -> List[int]:
         return [0] + list(range(2, input.dim()))
+
+    def _torch_norm(self, input: Tensor) -> Tensor:
+        # torch's BatchNorm.forward, step for step
+        momentum = self.momentum
+        factor = 0.0 if momentum is None else momentum
+        num_batches_tracked = self.num_batches_tracked
+        if self.training and self.track_running_stats and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+            factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        tracked = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
+                            self.weight, self.bias, use_batch_stats, factor, self.eps)
 
 
 class MaskedInstanceNorm1d(_MaskedInstanceNorm, nn.InstanceNorm1d):
@@ -203,6 +226,9 @@ class MaskedGroupNorm(MaskedNorm, nn.GroupNorm):
         >>> norm = MaskedGroupNorm(num_groups=2, num_channels=8)
         >>> y = norm(torch.randn(2, 8, 16, 16, 16), torch.rand(2, 1, 16, 16, 16) > 0.3)
     """
+
+    def _torch_norm(self, input: Tensor) -> Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         grouped, valid_grouped = self._group(input, valid)
