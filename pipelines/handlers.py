@@ -24,7 +24,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -308,13 +308,15 @@ def input_def(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return dict(checkpoint.get("input_def") or EARLIER_INPUT_DEF)
 
 
-def check_architecture(network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+def check_architecture(network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                       may_miss: Sequence[str] = ()) -> None:
     """Raise a ``ValueError`` naming the keys or shapes that differ unless ``state`` (from ``path``) fits
-    ``network`` exactly."""
+    ``network`` exactly, but for missing keys ending in one of ``may_miss``."""
     own = network.state_dict()
-    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    missing = {k for k in own.keys() - state.keys() if not k.endswith(tuple(may_miss))}
+    unexpected = state.keys() - own.keys()
     shapes = [] if missing or unexpected else [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if own[k].shape != state[k].shape]
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
         details = "; ".join(filter(None, [
             f"missing {sorted(missing)[:3]}" if missing else "",
@@ -333,6 +335,19 @@ def load_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     return network.eval()
 
 
+def init_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """``network`` with the weights of ``path`` to start training from (``--init-from``): a plain
+    ``state_dict`` (a MONAI model-zoo ``models/model.pt``, a MONAI ``UNet``/``DynUNet``/``BasicUNet``'s) or a
+    pconv3d checkpoint. The partial networks have their MONAI twin's keys, so its weights load strictly; only
+    parameters a network adds to its twin (``added_parameters``, e.g. ``GatedUNet``'s gates) may be absent
+    and keep their initial values. A clear error names the keys or shapes that do not match."""
+    state = load_checkpoint(path)["network"]
+    added = tuple(getattr(network, "added_parameters", ()))
+    check_architecture(network, state, path, may_miss=added)
+    network.load_state_dict(state, strict=not added)
+    return network
+
+
 def network_from_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     """The network a checkpoint records (its ``network_def``), with the checkpoint's weights, in eval mode."""
     network_def = load_checkpoint(path).get("network_def")
@@ -341,5 +356,5 @@ def network_from_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     return load_network(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), path)
 
 
-__all__ = ["RunCheckpointSaver", "RunCheckpointLoader", "MetricsLog", "atomic_save", "load_checkpoint", "check_architecture", "load_network",
+__all__ = ["RunCheckpointSaver", "RunCheckpointLoader", "MetricsLog", "atomic_save", "load_checkpoint", "check_architecture", "init_network", "load_network",
            "network_from_checkpoint", "stretch_schedule", "is_main_process", "LAST", "BEST", "RUN_FILES"]

@@ -19,11 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT from its last.pt (more --epochs stretch its learning-rate schedule)")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from these weights: a MONAI model-zoo model.pt, a MONAI UNet/DynUNet/BasicUNet "
+                        "state_dict or a pconv3d checkpoint, loaded strictly into the configured network (config id init_from)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {"dataset_dir": args.data, "epochs": args.epochs, "seed": args.seed}
+    overrides = {"dataset_dir": args.data, "epochs": args.epochs, "seed": args.seed, "init_from": args.init_from}
     overrides = {**{k: v for k, v in overrides.items() if v is not None}, **common_overrides(args)}
     if args.resume:
         overrides["resume"] = True

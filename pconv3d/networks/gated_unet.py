@@ -31,6 +31,9 @@ class GatedUNet(UNet):
         (True, [])
     """
 
+    # parameters a ``UNet`` of the same arguments does not have: all a trained UNet's weights leave new
+    added_parameters = ("gate.weight", "gate.bias")
+
     def _block_args(self) -> dict:
         return dict(act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias, adn_ordering=self.adn_ordering)
 

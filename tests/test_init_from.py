@@ -1,0 +1,75 @@
+"""From a trained MONAI network to a mask-aware one: --init-from loads model-zoo weights strictly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import BasicUNet, DynUNet, UNet
+
+from pconv3d.networks import GatedUNet, PartialBasicUNet, PartialDynUNet, PartialUNet
+from pipelines.handlers import init_network, load_checkpoint
+from tests.cli_helpers import TINY, cli
+
+# the model zoo's architectures (random weights: nothing is downloaded)
+ZOO = {
+    # spleen_ct_segmentation
+    "spleen": (UNet, PartialUNet, dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
+                                        strides=(2, 2, 2, 2), num_res_units=2, norm="batch")),
+    # prostate_mri_anatomy (2 MR channels)
+    "prostate": (UNet, PartialUNet, dict(spatial_dims=3, in_channels=2, out_channels=3, channels=(16, 32, 64, 128, 256),
+                                          strides=(2, 2, 2, 2), num_res_units=4, norm="batch")),
+    # pediatric_abdominal_ct_segmentation
+    "pediatric": (DynUNet, PartialDynUNet, dict(spatial_dims=3, in_channels=1, out_channels=4, kernel_size=[3, 3, 3, 3],
+                                                strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2], res_block=True,
+                                                norm_name="instance")),
+    "basic": (BasicUNet, PartialBasicUNet, dict(spatial_dims=3, in_channels=1, out_channels=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_model_zoo_weights_load_strictly_into_the_partial_twin(name, tmp_path):
+    plain, partial, kwargs = ZOO[name]
+    torch.manual_seed(0)
+    trained = plain(**kwargs)
+    torch.save(trained.state_dict(), tmp_path / "model.pt")  # as the model zoo ships it
+    net = init_network(partial(**kwargs), tmp_path / "model.pt")
+    got, want = net.state_dict(), trained.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_unet_starts_a_gated_unet_whose_gates_are_new(tmp_path):
+    kwargs = dict(spatial_dims=3, in_channels=2, out_channels=4, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    torch.save(UNet(**kwargs).state_dict(), tmp_path / "unet.pt")
+    fresh = GatedUNet(**kwargs)
+    gates = {k: v.clone() for k, v in fresh.state_dict().items() if "gate." in k}
+    net = init_network(fresh, tmp_path / "unet.pt")
+    unet = torch.load(tmp_path / "unet.pt", weights_only=True)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in unet.items())
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in gates.items())
+
+
+def test_keys_and_shapes_that_do_not_match_are_named(tmp_path):
+    kwargs = ZOO["spleen"][2]
+    torch.save(UNet(**kwargs).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model.pt holds weights of another architecture than PartialUNet.*shapes differ"):
+        init_network(PartialUNet(**{**kwargs, "channels": (8, 32, 64, 128, 256)}), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model.pt holds weights of another architecture than PartialUNet.*unexpected"):
+        init_network(PartialUNet(**{**kwargs, "num_res_units": 1}), tmp_path / "model.pt")
+
+
+def test_train_init_from_a_monai_unet_fine_tunes_it(dataset, tmp_path, capsys):
+    kwargs = dict(spatial_dims=3, in_channels=1, out_channels=4, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    torch.manual_seed(3)
+    torch.save(UNet(**kwargs).state_dict(), tmp_path / "unet.pt")
+    out = tmp_path / "run"
+    code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "1", *TINY,
+                    "--network_def#_target_", "pconv3d.networks.PartialUNet", "--mask_input", "true",
+                    "--fill_missing", "null", "--mask_as_channel", "false", "--init-from", tmp_path / "unet.pt",
+                    "--learning_rate", "0.0")
+    assert code == 0, err
+    unet = torch.load(tmp_path / "unet.pt", weights_only=True)
+    best = load_checkpoint(out / "best.pt")["network"]
+    assert all(torch.equal(best[k], v) for k, v in unet.items())  # learning rate 0: the weights it started from
+    code, err = cli(capsys, "train", "--data", dataset, "--output", tmp_path / "other", "--epochs", "1", *TINY,
+                    "--init-from", tmp_path / "missing.pt")
+    assert code == 2 and "missing.pt" in err and not (tmp_path / "other").exists()
