@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets import BasicUNet, DynUNet, UNet
+from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
-from pconv3d.networks import GatedUNet, PartialBasicUNet, PartialDynUNet, PartialUNet
+from pconv3d.networks import GatedUNet, PartialBasicUNet, PartialDynUNet, PartialSegResNet, PartialUNet
 from pipelines.handlers import init_network, load_checkpoint
 from tests.cli_helpers import TINY, cli
 
@@ -23,6 +23,9 @@ ZOO = {
                                                 strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2], res_block=True,
                                                 norm_name="instance")),
     "basic": (BasicUNet, PartialBasicUNet, dict(spatial_dims=3, in_channels=1, out_channels=2)),
+    # brats_mri_segmentation (4 MR sequences)
+    "brats": (SegResNet, PartialSegResNet, dict(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16,
+                                                in_channels=4, out_channels=3, dropout_prob=0.2)),
 }
 
 

@@ -10,7 +10,7 @@ from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
 from pconv3d import PartialConv3d
 from pconv3d.mask import Mask
-from pconv3d.networks import PartialBasicUNet, PartialDynUNet, PartialUNet, to_partial
+from pconv3d.networks import PartialBasicUNet, PartialDynUNet, PartialSegResNet, PartialUNet, to_partial
 from tests.masks import MIXED, fill_holes, holes, run, stray_tensors
 
 # (name, partial class, MONAI class, arguments, input spatial shape)
@@ -67,6 +67,22 @@ NETS = [
         "dyn_2d",
         PartialDynUNet, DynUNet,
         dict(spatial_dims=2, in_channels=1, out_channels=3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 8]),
+        (16, 16),
+    ),
+]
+NETS += [
+    (
+        "segres_3d_group",
+        PartialSegResNet, SegResNet,
+        dict(spatial_dims=3, init_filters=4, in_channels=2, out_channels=3, blocks_down=(1, 2), blocks_up=(1,),
+             norm=("group", {"num_groups": 2})),
+        (16, 16, 16),
+    ),
+    (
+        "segres_2d_deconv_instance",
+        PartialSegResNet, SegResNet,
+        dict(spatial_dims=2, init_filters=4, in_channels=1, out_channels=2, blocks_down=(1, 1, 2), blocks_up=(1, 1),
+             upsample_mode="deconv", norm="instance", dropout_prob=0.1),
         (16, 16),
     ),
 ]
@@ -255,3 +271,23 @@ def test_network_compiles_fullgraph_and_traces():
     want = net(x, m)
     torch.testing.assert_close(torch.compile(net, fullgraph=True)(x, m), want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.jit.trace(net, (x, m))(x, m), want, rtol=1e-5, atol=1e-6)
+
+
+def test_segresnet_a_missing_modality_is_a_missing_channel():
+    """BraTS-style input, 4 MR sequences: one not acquired is a mask channel of zeros, and whatever that
+    channel holds never changes the segmentation."""
+    ours, _ = pair(PartialSegResNet, SegResNet, dict(spatial_dims=3, init_filters=4, in_channels=4, out_channels=3,
+                                                       blocks_down=(1, 2), blocks_up=(1,), norm=("group", {"num_groups": 2})))
+    x = torch.randn(1, 4, 16, 16, 16)
+    mask = torch.ones(1, 4, 16, 16, 16)
+    mask[:, 2] = 0
+    mask[:, 0, 4:8] = 0  # and a slab missing in the first sequence only
+    with eval_mode(ours):
+        y = ours(x, mask)
+        for fill in (float("nan"), 1e30):
+            x2 = x.clone()
+            x2[mask == 0] = fill
+            assert torch.equal(ours(x2, mask), y)
+        assert not torch.allclose(ours(x), y, atol=1e-3)  # the mask is used
+        scripted = torch.jit.script(ours)
+        assert torch.equal(scripted(x, mask), y)

@@ -19,7 +19,7 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer, sliding_window_i
 from monai.losses import DiceCELoss
 from monai.networks.utils import convert_to_onnx, convert_to_torchscript
 
-from pconv3d.networks import PartialBasicUNet, PartialDynUNet, PartialUNet
+from pconv3d.networks import PartialBasicUNet, PartialDynUNet, PartialSegResNet, PartialUNet
 from tests.masks import MIXED, fill_holes, holes
 
 UNET = dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,), num_res_units=1)
@@ -49,8 +49,10 @@ def twins(**kw):
         PartialUNet(**UNET),
         PartialBasicUNet(3, 1, 2, features=(4, 4, 4, 8, 8, 4), norm=("group", {"num_groups": 2})),
         PartialDynUNet(3, 1, 2, [3, 3, 3], [1, 2, 2], [2, 2], filters=[4, 8, 8], res_block=True, norm_name="batch"),
+        PartialSegResNet(3, init_filters=4, in_channels=1, out_channels=2, blocks_down=(1, 2), blocks_up=(1,),
+                         norm=("group", {"num_groups": 2})),
     ],
-    ids=["unet", "basic", "dyn"],
+    ids=["unet", "basic", "dyn", "segres"],
 )
 def test_torchscript_through_monai(net, tmp_path):
     x, m = volume((16, 16, 16))

@@ -30,6 +30,7 @@ from pconv3d.blocks.norm import (
     MaskedNorm,
 )
 from pconv3d.blocks.residual import PartialIdentity, PartialResidualUnit
+from pconv3d.blocks.segresnet_block import PartialNormActConv, PartialResBlock
 from pconv3d.blocks.sampling import PartialMaxPool, PartialUpSample
 from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection
 from pconv3d.mask import any_channel, mask_union
@@ -65,4 +66,6 @@ __all__ = [
     "PartialUnetOutBlock",
     "GatedConvolution",
     "GatedResidualUnit",
+    "PartialResBlock",
+    "PartialNormActConv",
 ]

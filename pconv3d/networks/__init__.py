@@ -8,6 +8,7 @@ from pconv3d.networks.basic_unet import PartialBasicUNet
 from pconv3d.networks.convert import to_partial
 from pconv3d.networks.dynunet import PartialDynUNet
 from pconv3d.networks.gated_unet import GatedUNet
+from pconv3d.networks.segresnet import PartialSegResNet
 from pconv3d.networks.unet import PartialUNet
 
-__all__ = ["GatedUNet", "PartialUNet", "PartialBasicUNet", "PartialDynUNet", "to_partial"]
+__all__ = ["GatedUNet", "PartialSegResNet", "PartialUNet", "PartialBasicUNet", "PartialDynUNet", "to_partial"]
