@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from pconv3d.networks import PartialUNet
 from pipelines.cli import main
 from pipelines.handlers import load_checkpoint
 from pipelines.outputs import completed_epochs
@@ -260,6 +261,20 @@ def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path,
     assert main(["infer", "--model", str(out / "best.pt"), "--input", str(images), "--output", str(tmp_path / "p"),
                  "--progress", "false"]) == 0
     assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list(images.iterdir()))
+
+
+def test_a_checkpoint_from_before_input_def_was_recorded_still_runs(trained, dataset, tmp_path):
+    """Earlier configs gave every network the image with holes at 0 and the mask, and recorded nothing: infer
+    replays that whatever today's defaults are."""
+    old = load_checkpoint(trained / "best.pt")
+    old = {k: v for k, v in old.items() if k != "input_def"}
+    old["network_def"] = {**old["network_def"], "_target_": "pconv3d.networks.PartialUNet", "in_channels": 1}
+    network = PartialUNet(**{k: v for k, v in old["network_def"].items() if k != "_target_"})
+    old["network"] = network.state_dict()
+    torch.save(old, tmp_path / "old.pt")
+    assert main(["infer", "--model", str(tmp_path / "old.pt"), "--input", str(dataset / "imagesTs"),
+                 "--output", str(tmp_path / "p"), "--progress", "false"]) == 0
+    assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list((dataset / "imagesTs").iterdir()))
 
 
 def test_bundle_metadata_names_the_classes_of_the_default_dataset():
