@@ -38,20 +38,28 @@ def _yaml(config: dict[str, Any]) -> str:
 
 
 def _metadata(template: dict[str, Any], network_def: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``template`` (the project's metadata) with the inputs and description of this network."""
     meta = json.loads(json.dumps(template))
     inputs = meta["network_data_format"]["inputs"]
     image = inputs["image"]
-    image["num_channels"] = int(network_def["in_channels"])
+    channels = int(network_def["in_channels"])
+    images = channels - int(bool(given.get("mask_as_channel")))
+    filled = " (holes filled by interpolation)" if given.get("fill_missing") else " (holes at 0)"
+    image["num_channels"] = channels
+    image["channel_def"] = {str(c): f"MR image{filled}" for c in range(images)}
     if given.get("mask_as_channel"):
-        image["channel_def"][str(image["num_channels"] - 1)] = _MASK_CHANNEL
-    if not given.get("mask_input"):
+        image["channel_def"][str(images)] = _MASK_CHANNEL
+    if given.get("mask_input"):
+        inputs["condition"] = {**image, "format": "segmentation", "num_channels": 1, "value_range": [0, 1],
+                               "channel_def": {"0": _MASK_CHANNEL}}
+    else:
         inputs.pop("condition", None)
     meta["network_data_format"]["outputs"]["pred"]["num_channels"] = int(network_def["out_channels"])
     name = str(network_def["_target_"]).rsplit(".", 1)[-1]
-    fill = given.get("fill_missing") or "zero-filled"
-    meta["description"] = (f"A {name} trained on the default MNI152-derived dataset; holes: {fill}"
-                           + (", mask as a channel" if given.get("mask_as_channel") else "")
-                           + (", mask as input" if given.get("mask_input") else ""))
+    meta["description"] = (f"A {name} trained on the default MNI152-derived dataset; holes "
+                           + (f"filled ({given['fill_missing']})" if given.get("fill_missing") else "at 0")
+                           + (", the mask as a channel" if given.get("mask_as_channel") else "")
+                           + (", the mask as an input" if given.get("mask_input") else ""))
     return meta
 
 

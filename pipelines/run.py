@@ -1,7 +1,8 @@
 """``pconv3d run``: the main job, end to end on the default dataset, in a few minutes on a CPU.
 
 1. write the default dataset (MNI152-derived brain volumes, no download);
-2. train a PartialUNet (``configs/train.yaml``), with simulated missing slices as augmentation;
+2. train the default network (``configs/train.yaml``: a GatedUNet on interpolated input with a confidence
+   channel), with simulated missing slices and regions as augmentation;
 3. make the test volumes lose slices (NaN-filled, as a scanner export with missing slices looks);
 4. segment them with ``configs/inference.yaml`` (the mask is derived from the NaN voxels);
 5. evaluate against the reference labels and print the per-class Dice table.
@@ -142,7 +143,9 @@ def _run_parts(args: argparse.Namespace, out: Path, reuse: dict[str, bool], trai
                  "--overwrite trains again)")
     else:
         resume = state == "interrupted"
-        t = _step(2, f"training a PartialUNet for {args.epochs} epochs"
+        extra = dict(zip(args.extra[::2], args.extra[1::2]))
+        network = str(extra.get("--network_def#_target_", "GatedUNet")).rsplit(".", 1)[-1]
+        t = _step(2, f"training a {network} for {args.epochs} epochs"
                      + (f", continuing after epoch {completed_epochs(train_dir)}" if resume else ""))
         run_workflow(["train.yaml"], {"dataset_dir": str(data_dir), **train_overrides, "resume": resume,
                                       "overwrite": not resume}, args.extra)

@@ -75,3 +75,13 @@ def test_gated_unet_learns_its_gates_in_2d():
     net(torch.randn(2, 2, 16, 16)).sum().backward()
     grads = [p.grad for n, p in net.named_parameters() if n.endswith("gate.weight")]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_gated_unet_scripts_to_the_same_arithmetic():
+    from monai.networks.utils import convert_to_torchscript
+
+    net = GatedUNet(3, 2, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    scripted = convert_to_torchscript(net, verify=True, inputs=[x])  # MONAI's default tolerances
+    with torch.no_grad():
+        assert torch.equal(scripted(x), net(x))

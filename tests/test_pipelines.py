@@ -246,7 +246,8 @@ def test_torchrun_splits_a_folder_between_processes(dataset, trained, tmp_path):
 @pytest.mark.parametrize("recipe", [
     ["--network_def#_target_", "monai.networks.nets.UNet", "--mask_input", "false", "--fill_missing", "interpolate",
      "--mask_as_channel", "true"],
-    ["--fill_missing", "soft"],
+    ["--network_def#_target_", "pconv3d.networks.PartialUNet", "--mask_input", "true", "--fill_missing", "soft",
+     "--mask_as_channel", "false"],
 ])
 def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path, recipe):
     """What the network is given (mask input, hole filling, mask channel) travels in the checkpoint, so

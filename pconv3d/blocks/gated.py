@@ -87,4 +87,5 @@ class GatedResidualUnit(ResidualUnit):
         self.gate = gate_conv(spatial_dims, in_channels, out_channels, kernel_size, strides)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x) * torch.sigmoid(self.gate(x))
+        # MONAI's ResidualUnit.forward, spelled out: TorchScript compiles no super() call
+        return (self.conv(x) + self.residual(x)) * torch.sigmoid(self.gate(x))
