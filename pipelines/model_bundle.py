@@ -70,9 +70,8 @@ def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) 
     out, root = Path(output_dir), Path(bundle_root) if bundle_root is not None else CONFIG_DIR.parent
     ckpt = load_checkpoint(out / BEST)
     network_def, given = ckpt.get("network_def"), input_def(ckpt)
-    if not network_def:
-        raise ValueError(f"{out / BEST} records no network_def: cannot write the bundle's configs")
-    trained = {"network_def": network_def, **given}
+    # a run started by `python -m monai.bundle run` records no network_def: its configs are the bundle's as they are
+    trained = {"network_def": network_def, **given} if network_def else {}
 
     def save_state(path: Path) -> None:
         buffer = io.BytesIO()
@@ -88,7 +87,9 @@ def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) 
         if name == "inference.yaml":
             config["model_path"] = f"$@bundle_root + '/{MODEL.as_posix()}'"
         atomic_write(out / "configs" / name, lambda p, c=config: p.write_text(_yaml(c)), overwrite=True)
-    meta = _metadata(json.loads((root / "configs" / "metadata.json").read_text()), network_def, given)
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    if network_def:
+        meta = _metadata(meta, network_def, given)
     atomic_write(out / "configs" / "metadata.json", lambda p: p.write_text(json.dumps(meta, indent=2)), overwrite=True)
     for name in ("logging.conf",):
         shutil.copyfile(root / "configs" / name, out / "configs" / name)

@@ -10,12 +10,13 @@ plain line every few epochs instead of bar redraws.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from ignite.metrics import RunningAverage
 from monai.apps import get_logger
-from monai.handlers import StatsHandler, from_engine
+from monai.handlers import StatsHandler
 
 __all__ = ["RunProgress", "LOGGER"]
 
@@ -51,8 +52,7 @@ class RunProgress:
         shown: list[str] = []
         metrics: list[str] = []
         if self.over == "epochs":
-            loss = from_engine(["loss"], first=True)  # a trainer's output: a dict, or one per item of the batch
-            RunningAverage(output_transform=lambda output: loss(output)[0]).attach(engine, "loss")
+            RunningAverage(output_transform=_loss).attach(engine, "loss")
             metrics = ["loss"]
             if self.evaluator is not None:
                 setattr(engine.state, self.metric_name, float("nan"))
@@ -80,3 +80,9 @@ class RunProgress:
         done, total = engine.state.iteration, engine.state.epoch_length
         if done % self.log_every == 0 or done == total:
             get_logger(LOGGER).info(f"{self.desc}: {done}/{total}")
+
+
+def _loss(output: Any) -> float:
+    """The loss of a trainer's output: a dict, or one dict per item of the batch (MONAI decollates)."""
+    first = output[0] if isinstance(output, (list, tuple)) else output
+    return float(first["loss"])

@@ -367,12 +367,12 @@ def test_an_interrupt_that_lands_in_a_finalizer_is_not_lost(capsys):
     assert capsys.readouterr().err.strip() == "pconv3d x: interrupted"
 
 
-def test_a_floating_mask_of_half_weights_is_valid_data(dataset, trained, tmp_path, capsys):
+def test_a_floating_mask_of_half_weights_is_valid_data(dataset, trained_partial, tmp_path, capsys):
     """A mask of 0.5 everywhere is data of weight 0.5, not 'missing': partial convolutions renormalize a uniform
     weight away, so the segmentation equals the one without a mask (it once came out all background)."""
     image = _image(dataset)
     half = _write_like(tmp_path / "half.nii.gz", image, np.full(nib.load(image).shape, 0.5, np.float32))
-    args = ["infer", "--model", trained / "best.pt", "--input", image, "--progress", "false"]
+    args = ["infer", "--model", trained_partial / "best.pt", "--input", image, "--progress", "false"]
     assert cli(capsys, *args, "--output", tmp_path / "plain")[0] == 0
     assert cli(capsys, *args, "--mask", half, "--output", tmp_path / "half")[0] == 0
     name = image.name.replace(".nii.gz", "_seg.nii.gz")

@@ -24,7 +24,7 @@ from tests.cli_helpers import ROOT, TINY, files_under
 
 def test_train_writes_loadable_checkpoints_and_logs(trained):
     best, last = load_checkpoint(trained / "best.pt"), torch.load(trained / "last.pt", weights_only=True)
-    assert best["network_def"]["_target_"] == "pconv3d.networks.PartialUNet"
+    assert best["network_def"]["_target_"] == "pconv3d.networks.GatedUNet"
     assert best["network_def"]["channels"] == [4, 8, 16]
     assert {"network", "optimizer", "lr_scheduler", "trainer", "checkpointer", "metrics_log", "network_def"} <= set(last)
     rows = json.loads((trained / "metrics.json").read_text())
@@ -256,7 +256,7 @@ def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path,
     assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "1", *TINY, *recipe]) == 0
     best = load_checkpoint(out / "best.pt")
     assert best["input_def"]["fill_missing"] == recipe[recipe.index("--fill_missing") + 1]
-    channels = 2 if "--mask_as_channel" in recipe else 1
+    channels = 2 if recipe[recipe.index("--mask_as_channel") + 1] == "true" else 1
     assert best["network_def"]["in_channels"] == channels
     images = dataset / "imagesTs"
     assert main(["infer", "--model", str(out / "best.pt"), "--input", str(images), "--output", str(tmp_path / "p"),
