@@ -14,18 +14,16 @@ what its network is given (``input_def``), so MONAI's bundle tools work on it di
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from pconv3d.io.sitk import atomic_write
 from pipelines.config import CONFIG_DIR
-from pipelines.handlers import BEST, input_def, load_checkpoint
+from pipelines.handlers import BEST, atomic_save, input_def, load_checkpoint
 
 __all__ = ["write_bundle", "MODEL"]
 
@@ -72,14 +70,8 @@ def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) 
     network_def, given = ckpt.get("network_def"), input_def(ckpt)
     # a run started by `python -m monai.bundle run` records no network_def: its configs are the bundle's as they are
     trained = {"network_def": network_def, **given} if network_def else {}
-
-    def save_state(path: Path) -> None:
-        buffer = io.BytesIO()
-        torch.save(ckpt["network"], buffer)
-        path.write_bytes(buffer.getvalue())
-
     (out / MODEL).parent.mkdir(exist_ok=True)
-    atomic_write(out / MODEL, save_state, overwrite=True)
+    atomic_save(ckpt["network"], out / MODEL)
     (out / "configs").mkdir(exist_ok=True)
     for name in ("inference.yaml", "train.yaml"):
         config = yaml.safe_load((root / "configs" / name).read_text())
@@ -91,8 +83,7 @@ def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) 
     if network_def:
         meta = _metadata(meta, network_def, given)
     atomic_write(out / "configs" / "metadata.json", lambda p: p.write_text(json.dumps(meta, indent=2)), overwrite=True)
-    for name in ("logging.conf",):
-        shutil.copyfile(root / "configs" / name, out / "configs" / name)
+    shutil.copyfile(root / "configs" / "logging.conf", out / "configs" / "logging.conf")
     (out / "docs").mkdir(exist_ok=True)
     shutil.copyfile(root / "docs" / "README.md", out / "docs" / "README.md")
     shutil.copyfile(root / "LICENSE", out / "LICENSE")

@@ -143,8 +143,7 @@ def _run_parts(args: argparse.Namespace, out: Path, reuse: dict[str, bool], trai
                  "--overwrite trains again)")
     else:
         resume = state == "interrupted"
-        extra = dict(zip(args.extra[::2], args.extra[1::2]))
-        network = str(extra.get("--network_def#_target_", "GatedUNet")).rsplit(".", 1)[-1]
+        network = str(parse_overrides(args.extra).get("network_def#_target_", "GatedUNet")).rsplit(".", 1)[-1]
         t = _step(2, f"training a {network} for {args.epochs} epochs"
                      + (f", continuing after epoch {completed_epochs(train_dir)}" if resume else ""))
         run_workflow(["train.yaml"], {"dataset_dir": str(data_dir), **train_overrides, "resume": resume,
