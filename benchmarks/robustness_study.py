@@ -1,19 +1,21 @@
 """Missing-data study: every method of pipelines/study.py, tuned on validation cases, 3 seeds, paired intervals.
 
-Run: ``python -m benchmarks.robustness_study [--output outputs/study] [--epochs 250]`` (same as
-``pconv3d evaluate --study``). About an hour on 2 CPU cores at 250 epochs; stop and start it again at will.
+Run: ``python -m benchmarks.robustness_study [--output outputs/study] [--epochs 250] [--methods NAME ...]`` (with
+every method, the same as ``pconv3d evaluate --study``). About an hour on 2 CPU cores at 250 epochs; stop and start it again at will.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipelines.study import run_study
+from pipelines.study import METHODS, run_study
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", default="outputs/study")
     p.add_argument("--epochs", type=int, default=250)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="a subset of the methods (the twice-the-budget stage takes the best two of them)")
     args = p.parse_args()
-    run_study(args.output, epochs=args.epochs, seeds=args.seeds)
+    run_study(args.output, epochs=args.epochs, seeds=args.seeds, methods=args.methods)

@@ -30,6 +30,11 @@ VARIANTS: dict[str, dict] = {
                    "mask_as_channel": True},
     "unet_soft_channel": {"network_def#_target_": UNET, "mask_input": False, "fill_missing": "soft", "mask_as_channel": True},
 }
+# GatedUNet with holes simulated less often: does the gap with nothing missing close, and what do the holes lose?
+for _name, _drop, _regions in (("gated_half", 0.5, 0.3), ("gated_rarely", 0.3, 0.2)):
+    VARIANTS[_name] = {**VARIANTS["gated_soft"],
+                       "drop_slices": {"prob": _drop, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},
+                       "mask_regions": {"prob": _regions, "num_regions": [1, 3], "size": [0.1, 0.35]}}
 
 
 def main() -> None:
