@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.study import METHODS, run_study
+from pipelines.study import CANDIDATES, METHODS, run_study
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -17,5 +17,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                    help="a subset of the methods (the twice-the-budget stage takes the best two of them)")
+    p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                   help="the training settings each method is tuned over (where it allows them)")
     args = p.parse_args()
-    run_study(args.output, epochs=args.epochs, seeds=args.seeds, methods=args.methods)
+    run_study(args.output, epochs=args.epochs, seeds=args.seeds, methods=args.methods, candidates=args.candidates)

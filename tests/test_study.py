@@ -46,6 +46,11 @@ def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     assert "Paired difference to the best baseline (UNet, interpolated" in summary and "Twice the budget" in summary
     assert "by pattern" in summary and "UNet, interpolated, trained on complete volumes: none" in summary
+    # the per-row check names the one method that is not an interpolation baseline, over 2 rows with holes + 0 %
+    assert "| PartialUNet, interpolated + soft mask | " in summary.split("best interpolation baseline of each row")[1]
+    assert " of 3 |" in summary
+    # twice the budget: the best method and the best baseline, and their paired difference at both budgets
+    assert " at 1x, " in summary and len(list((out / "budget").iterdir())) == 2
     assert (out / "dice_vs_missing.png").stat().st_size > 0 and (out / "results.csv").is_file()
     # every method and seed saw the same holes: the test volumes' masks are a function of case and pattern only
     before = {str(p): p.stat().st_mtime_ns for p in out.rglob("*.*") if p.suffix in (".pt", ".json")}
