@@ -65,7 +65,7 @@ class Mask:
     """A validity mask and what is known about it (see the module doc).
 
     Args:
-        tensor: the mask, (N or 1, C or 1, *spatial), any dtype (see the module doc for its meaning);
+        tensor: the mask, ``(N or 1, C or 1, *spatial)``, any dtype (see the module doc for its meaning);
             ``None`` means every voxel valid, with zero padding missing.
         binary: known to hold only 0 and 1 (``None``: read on first use where possible).
         all_valid: known to be 1 everywhere (``None``: read on first use where possible).

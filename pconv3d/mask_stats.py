@@ -34,7 +34,7 @@ __all__ = [
 
 
 class MaskStats(NamedTuple):
-    """``ratio = winsize / S`` (0 where ``S == 0``) and ``valid = [S > 0]``, both (N or 1, G, *out)."""
+    """``ratio = winsize / S`` (0 where ``S == 0``) and ``valid = [S > 0]``, both ``(N or 1, G, *out)``."""
 
     ratio: Tensor
     valid: Tensor
@@ -60,7 +60,7 @@ def window_sum(
     pre_pad: List[int],
     pad_mode: str,
 ) -> Tensor:
-    """Sum of ``mask`` (N, C, *spatial) over every convolution window, per channel: (N, C, *out).
+    """Sum of ``mask`` ``(N, C, *spatial)`` over every convolution window, per channel: ``(N, C, *out)``.
 
     ``pre_pad`` (``F.pad`` order) is applied with ``pad_mode`` before zero ``padding`` (per dim, both
     sides); it carries asymmetric 'same' padding and non-zero padding modes, which pad the mask like the
@@ -126,7 +126,7 @@ def renormalize(out: Tensor, stats: MaskStats, bias: Optional[Tensor], all_valid
     convolution ``out`` (which the caller owns and autograd does not need).
 
     Args:
-        out: (N, C_out, *out) convolution of the masked input, without bias.
+        out: ``(N, C_out, *out)`` convolution of the masked input, without bias.
         stats: the layer's :class:`MaskStats`, broadcastable to ``out``.
         bias: (C_out,) or ``None``.
         all_valid: ``stats.valid`` is known to be 1 everywhere (one pass instead of two).
@@ -172,8 +172,8 @@ def transposed_window_sum(
     output_padding: List[int],
     dilation: List[int],
 ) -> Tensor:
-    """Sum of ``mask`` (N, C, *in) over the input voxels that reach each output voxel of a transposed
-    convolution with this geometry: (N, C, *out), per channel.
+    """Sum of ``mask`` ``(N, C, *in)`` over the input voxels that reach each output voxel of a transposed
+    convolution with this geometry: ``(N, C, *out)``, per channel.
 
     A transposed convolution is a stride-1 convolution of the zero-interleaved input with the flipped kernel,
     padded by ``dilation * (k - 1) - padding`` before and that plus ``output_padding`` after (negative
@@ -239,7 +239,7 @@ class Windows:
         )
 
     def sums(self, mask: Tensor) -> Tensor:
-        """Sum of ``mask`` (N, C, *spatial) over each output voxel's window, per channel: (N, C, *out)."""
+        """Sum of ``mask`` ``(N, C, *spatial)`` over each output voxel's window, per channel: ``(N, C, *out)``."""
         if self.transposed:
             return transposed_window_sum(mask, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation)
         return window_sum(mask, self.kernel_size, self.stride, self.padding, self.dilation, self.pre_pad, self.pad_mode)
@@ -266,7 +266,7 @@ class Windows:
         """Window statistics of ``mask`` for this geometry.
 
         Args:
-            mask: (N or 1, 1 or groups * k, *spatial) validity weights, any dtype; ``None`` means every
+            mask: ``(N or 1, 1 or groups * k, *spatial)`` validity weights, any dtype; ``None`` means every
                 voxel of ``spatial`` is valid and only padding is missing.
             spatial: spatial shape of the layer input.
             groups: number of mask channel groups counted separately (1 for a single-channel mask).

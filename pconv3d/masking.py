@@ -138,7 +138,7 @@ def apply_mask(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     """Return ``x * mask`` with holes (``mask == 0``) set to exactly 0.
 
     Args:
-        x: floating tensor (N, C, *spatial).
+        x: floating tensor ``(N, C, *spatial)``.
         mask: broadcastable to ``x``, a tensor or a :class:`~pconv3d.mask.Mask`; bool/integer masks are
             binary (nonzero = valid), floating masks are weights in [0, 1]. ``None`` returns ``x``
             unchanged. No gradient flows into the mask.

@@ -204,20 +204,21 @@ class _PartialConvNd(PartialConvBase):
     """Partial-convolution behaviour shared by the 1d/2d/3d classes (mixed in before ``nn.ConvNd``).
 
     Args:
-        *args, **kwargs: exactly those of ``nn.ConvNd`` (in_channels, out_channels, kernel_size, stride,
-            padding, dilation, groups, bias, padding_mode, device, dtype).
+        *args: exactly the arguments of ``nn.ConvNd`` (in_channels, out_channels, kernel_size, stride,
+            padding, dilation, groups, bias, padding_mode, device, dtype), given by position.
+        **kwargs: the same, given by keyword.
         multi_channel: masks may have one channel per input channel; windows then count every
             (channel, voxel) element, per group when ``groups > 1``, and the returned mask has
             ``out_channels`` channels. Single-channel masks are accepted too.
         return_mask: ``forward`` returns ``(output, updated_mask)`` instead of ``output``.
 
-    ``forward(input, mask_in=None)``: ``mask_in`` is (1 or N, 1 or C_in, *spatial), bool/integer (binary,
+    ``forward(input, mask_in=None)``: ``mask_in`` is ``(1 or N, 1 or C_in, *spatial)``, bool/integer (binary,
     nonzero = valid) or floating (weights in [0, 1]), as a tensor or a :class:`~pconv3d.mask.Mask`.
     ``None`` treats zero padding as missing (partial-convolution-based padding): interior outputs equal
     ``nn.ConvNd``, borders are renormalized. Other padding modes pad the mask like the input: padded
     voxels are valid where their source is. Whatever holes contain (NaN and inf included) never reaches
-    the output. The returned mask has the input's dtype and shape (N, 1, *out), or
-    (N, out_channels, *out) with ``multi_channel``.
+    the output. The returned mask has the input's dtype and shape ``(N, 1, *out)``, or
+    ``(N, out_channels, *out)`` with ``multi_channel``.
     """
 
     def __init__(self, *args, multi_channel: bool = False, return_mask: bool = False, **kwargs) -> None:
@@ -244,7 +245,7 @@ class _PartialConvNd(PartialConvBase):
 
 
 class PartialConv1d(_PartialConvNd, nn.Conv1d):
-    """1D partial convolution; see :class:`_PartialConvNd` for the extra arguments.
+    """1D partial convolution; see :class:`~pconv3d.partial_conv._PartialConvNd` for the extra arguments.
 
     Example::
 
@@ -254,7 +255,7 @@ class PartialConv1d(_PartialConvNd, nn.Conv1d):
 
 
 class PartialConv2d(_PartialConvNd, nn.Conv2d):
-    """2D partial convolution; see :class:`_PartialConvNd` for the extra arguments.
+    """2D partial convolution; see :class:`~pconv3d.partial_conv._PartialConvNd` for the extra arguments.
 
     Example::
 
@@ -264,7 +265,7 @@ class PartialConv2d(_PartialConvNd, nn.Conv2d):
 
 
 class PartialConv3d(_PartialConvNd, nn.Conv3d):
-    """3D partial convolution; see :class:`_PartialConvNd` for the extra arguments.
+    """3D partial convolution; see :class:`~pconv3d.partial_conv._PartialConvNd` for the extra arguments.
 
     Example::
 

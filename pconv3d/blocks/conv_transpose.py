@@ -27,12 +27,13 @@ class _PartialConvTransposeNd(PartialConvBase):
     operator itself is :class:`~pconv3d.partial_conv.PartialConvBase`.
 
     Args:
-        *args, **kwargs: exactly those of ``nn.ConvTransposeNd``.
+        *args: exactly the arguments of ``nn.ConvTransposeNd``, given by position.
+        **kwargs: the same, given by keyword.
         return_mask: ``forward`` returns ``(output, updated_mask)`` instead of ``output``.
 
-    ``forward(input, mask_in=None)``: ``mask_in`` is (1 or N, 1, *spatial), bool/integer (binary) or
+    ``forward(input, mask_in=None)``: ``mask_in`` is ``(1 or N, 1, *spatial)``, bool/integer (binary) or
     floating (weights in [0, 1]), a tensor or a :class:`~pconv3d.mask.Mask`; ``None`` means all valid.
-    The returned mask has the input's dtype and shape (N, 1, *out).
+    The returned mask has the input's dtype and shape ``(N, 1, *out)``.
     """
 
     def __init__(self, *args, return_mask: bool = False, **kwargs) -> None:
@@ -60,15 +61,15 @@ class _PartialConvTransposeNd(PartialConvBase):
 
 
 class PartialConvTranspose1d(_PartialConvTransposeNd, nn.ConvTranspose1d):
-    """1D partial transposed convolution; see :class:`_PartialConvTransposeNd`."""
+    """1D partial transposed convolution; see :class:`~pconv3d.blocks.conv_transpose._PartialConvTransposeNd`."""
 
 
 class PartialConvTranspose2d(_PartialConvTransposeNd, nn.ConvTranspose2d):
-    """2D partial transposed convolution; see :class:`_PartialConvTransposeNd`."""
+    """2D partial transposed convolution; see :class:`~pconv3d.blocks.conv_transpose._PartialConvTransposeNd`."""
 
 
 class PartialConvTranspose3d(_PartialConvTransposeNd, nn.ConvTranspose3d):
-    """3D partial transposed convolution; see :class:`_PartialConvTransposeNd`.
+    """3D partial transposed convolution; see :class:`~pconv3d.blocks.conv_transpose._PartialConvTransposeNd`.
 
     Example::
 

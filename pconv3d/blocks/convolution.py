@@ -100,9 +100,9 @@ class PartialConvolution(nn.Module):
     ``"partialconvtrans"`` (:class:`~pconv3d.blocks.PartialConvTranspose3d` ...); the ADN is
     :class:`PartialADN` (mask-aware norm, holes cleared).
 
-    ``forward(x, mask=None) -> (y, mask_out)``: ``mask`` is (1 or N, 1 or in_channels, *spatial), any dtype
+    ``forward(x, mask=None) -> (y, mask_out)``: ``mask`` is ``(1 or N, 1 or in_channels, *spatial)``, any dtype
     (nonzero = valid; floating = weights), ``None`` = all valid with zero padding treated as missing.
-    ``mask_out`` is the convolution's updated mask, (N, 1, *out) (per channel group for a grouped
+    ``mask_out`` is the convolution's updated mask, ``(N, 1, *out)`` (per channel group for a grouped
     convolution given a per-channel mask). ``y`` is exactly 0 where ``mask_out`` is 0 and never depends
     on what the holes of ``x`` hold.
 

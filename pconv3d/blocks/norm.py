@@ -14,7 +14,7 @@ tracked, are updated from valid voxels with torch's rules (unbiased variance, ``
 is a cumulative average for instance norm too) and used in eval mode; instances without a valid voxel
 take no part in the update, and a batch without any leaves the running statistics unchanged.
 
-Masks are (1 or N, 1 or C, *spatial): bool/integer masks are binary (nonzero = valid); floating masks
+Masks are ``(1 or N, 1 or C, *spatial)``: bool/integer masks are binary (nonzero = valid); floating masks
 must hold 0/1, as the masks partial convolutions return do (they are used as they are, so that autograd
 keeps no second copy). Soft weights are for the first partial convolution, not for norms.
 """

@@ -37,7 +37,7 @@ class PartialMaxPool(nn.Module):
         kernel_size, stride, padding, dilation, ceil_mode: as ``nn.MaxPoolNd`` (``stride`` defaults to
             ``kernel_size``).
 
-    ``forward(x, mask=None) -> (y, mask_out)``: ``mask`` (1 or N, 1 or C, *spatial), nonzero = valid,
+    ``forward(x, mask=None) -> (y, mask_out)``: ``mask`` ``(1 or N, 1 or C, *spatial)``, nonzero = valid,
     ``None`` = all valid. ``mask_out`` is the max-pooled mask; ``y`` is 0 where it is 0.
 
     Example::
@@ -83,7 +83,7 @@ class PartialUpSample(nn.Module):
     ``"deconvgroup"`` and ``"nontrainable"``; the convolutions are partial. Not supported (``ValueError``):
     ``"pixelshuffle"`` and custom ``pre_conv``/``post_conv`` modules.
 
-    ``forward(x, mask=None) -> (y, mask_out)``; ``mask`` (1 or N, 1, *spatial) (1 or C channels for
+    ``forward(x, mask=None) -> (y, mask_out)``; ``mask`` ``(1 or N, 1, *spatial)`` (1 or C channels for
     ``"nontrainable"`` without a pre-convolution), ``None`` = all valid.
 
     Example::

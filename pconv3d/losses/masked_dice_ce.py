@@ -28,8 +28,8 @@ class MaskedDiceCELoss(nn.Module):
         smooth_dr: Dice denominator smoothing.
         batch: Dice over the whole batch instead of per sample.
 
-    ``forward(input, target, loss_mask=None)``: ``input`` logits (N, C, *spatial), ``target`` labels
-    (N, 1, *spatial) or (N, *spatial), ``loss_mask`` optional (N, 1, *spatial), nonzero = counted.
+    ``forward(input, target, loss_mask=None)``: ``input`` logits ``(N, C, *spatial)``, ``target`` labels
+    ``(N, 1, *spatial)`` or ``(N, *spatial)``, ``loss_mask`` optional ``(N, 1, *spatial)``, nonzero = counted.
 
     Example::
 

@@ -32,7 +32,7 @@ class PartialSegResNet(SegResNet):
         args, kwargs: as ``monai.networks.nets.SegResNet``.
         mask_channel: the input carries a single-channel mask as its last channel (``in_channels + 1``).
 
-    ``forward(x, mask=None, condition=None) -> Tensor``: ``mask`` (1 or N, 1 or in_channels, *spatial),
+    ``forward(x, mask=None, condition=None) -> Tensor``: ``mask`` ``(1 or N, 1 or in_channels, *spatial)``,
     bool/integer or floating weights; ``condition`` is the keyword MONAI's sliding-window inference
     windows with the image; ``None``: every voxel valid, zero padding missing.
 

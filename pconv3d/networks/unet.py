@@ -29,8 +29,9 @@ class PartialUNet(UNet):
     (valid if a contributing voxel is valid), and the skip concatenation takes the union of the encoder
     and decoder masks (see :mod:`pconv3d.blocks.skip`). Outputs are 0 where no valid voxel is in reach.
 
+    The arguments from ``spatial_dims`` to ``adn_ordering`` are those of ``monai.networks.nets.UNet``.
+
     Args:
-        spatial_dims ... adn_ordering: as ``monai.networks.nets.UNet``.
         mask_channel: the input carries the mask as its last channel (``in_channels + 1`` channels in
             all), so single-tensor tools (bundle checks, ONNX, trainers with default ``prepare_batch``,
             sliding-window inference) pass it along unchanged.
@@ -38,7 +39,7 @@ class PartialUNet(UNet):
     Calling conventions, ``forward(x, mask=None, condition=None) -> Tensor``:
 
     * ``net(x)``: every voxel valid, zero padding treated as missing;
-    * ``net(x, mask)`` or ``net(x, condition=mask)``: ``mask`` is (1 or N, 1 or in_channels, *spatial),
+    * ``net(x, mask)`` or ``net(x, condition=mask)``: ``mask`` is ``(1 or N, 1 or in_channels, *spatial)``,
       bool/integer (nonzero = valid) or floating (weights in [0, 1]); ``condition`` is the keyword
       ``monai.inferers.sliding_window_inference`` windows with the image (padding it adds is 0: missing);
     * ``net(packed)`` with ``mask_channel=True``.
