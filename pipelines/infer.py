@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", help="validity mask file for a single input volume (nonzero = valid; floating masks are weights in [0, 1])")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (config id compile)")
     p.add_argument("--sw-batch-size", type=positive_int, help="sliding-window batch size")
     p.set_defaults(func=run)
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {**checkpoint_overrides(args.model, args.extra), "input": args.input, **common_overrides(args)}
     optional = {"mask": args.mask, "sw_batch_size": args.sw_batch_size}
     overrides.update({k: v for k, v in optional.items() if v is not None})
-    for flag, key in ((args.probabilities, "save_probabilities"), (args.amp, "amp")):
+    for flag, key in ((args.probabilities, "save_probabilities"), (args.amp, "amp"), (args.compile, "compile")):
         if flag:
             overrides[key] = True
     run_workflow(args.config, overrides, args.extra)

@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT from its last.pt (more --epochs stretch its learning-rate schedule)")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (config id compile)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="start from these weights: a MONAI model-zoo model.pt, a MONAI UNet/DynUNet/BasicUNet "
                         "state_dict or a pconv3d checkpoint, loaded strictly into the configured network (config id init_from)")
@@ -30,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {**{k: v for k, v in overrides.items() if v is not None}, **common_overrides(args)}
     if args.resume:
         overrides["resume"] = True
-    if args.amp:
-        overrides["amp"] = True
+    for flag, key in ((args.amp, "amp"), (args.compile, "compile")):
+        if flag:
+            overrides[key] = True
     run_workflow(args.config, overrides, args.extra)
     return 0
 

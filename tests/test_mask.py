@@ -15,7 +15,7 @@ from pconv3d import PartialConv3d
 from pconv3d.mask import Mask
 from pconv3d.mask_stats import Windows
 from pconv3d.masking import apply_mask, mark_clean
-from pconv3d.networks import PartialBasicUNet, PartialDynUNet, PartialUNet
+from pconv3d.networks import GatedUNet, PartialBasicUNet, PartialDynUNet, PartialSegResNet, PartialUNet
 from tests.masks import holes
 from tests.oracle import partial_conv_oracle
 
@@ -223,6 +223,7 @@ def test_off_the_cpu_forward_never_synchronises():
         PartialUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=1),
         PartialBasicUNet(3, 1, 2, features=(4, 4, 8, 8, 8, 4)),
         PartialDynUNet(3, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 8]),
+        PartialSegResNet(3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1), blocks_up=(1,)),
     ]
     for net in nets:
         net.to("meta")
@@ -235,6 +236,11 @@ def test_off_the_cpu_forward_never_synchronises():
                 assert out.device.type == "meta" and out.shape[2:] == x.shape[2:]
                 if training:
                     out.sum().backward()
+    # GatedUNet takes the mask as a channel: its gates, not a mask argument, must read no value either
+    net = GatedUNet(3, 2, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=1).to("meta")
+    out = net(torch.randn(2, 2, 32, 16, 16, device="meta", requires_grad=True))
+    out.sum().backward()
+    assert out.device.type == "meta"
 
 
 def partial_layers(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
