@@ -3,7 +3,7 @@ the slices missing, ``PartialUNet`` (given the mask) against MONAI ``UNet`` of t
 input), eager and compiled; and the command under ``torchrun --nproc_per_node 2`` on a folder of 4 volumes.
 
 Run: ``python -m benchmarks.bench_infer_fullsize [--output /tmp/pconv3d-fullsize] [--reps 3] [--compile]
-[--torchrun] [--device cuda]``.
+[--torchrun] [--device cuda]`` (``--quick``: a 64³ crop and 32³ windows, to check the script runs).
 
 The volumes are the MNI152 template shipped with nilearn (what the project's dataset is made from), at its own
 1 mm grid, with 30 % of the axial slices set to NaN (the missing data ``pconv3d infer`` finds). Both networks
@@ -42,11 +42,14 @@ NETS = {"MONAI UNet": ("monai.networks.nets.UNet", {"mask_input": False, "fill_m
         "PartialUNet": ("pconv3d.networks.PartialUNet", {"mask_input": True, "fill_missing": None, "mask_as_channel": False})}
 
 
-def write_volumes(folder: Path, count: int) -> list[Path]:
-    """``count`` copies of the 1 mm template, each with its own 30 % of axial slices missing (NaN)."""
+def write_volumes(folder: Path, count: int, crop: int | None = None) -> list[Path]:
+    """``count`` copies of the 1 mm template (its central ``crop``³ voxels if given), each with its own 30 % of
+    axial slices missing (NaN)."""
     folder.mkdir(parents=True, exist_ok=True)
     ref = nib.load(template_dir() / TEMPLATE_FILES["t1"])
     t1 = np.asarray(ref.dataobj, dtype=np.float32)
+    if crop:
+        t1 = t1[tuple(slice((n - crop) // 2, (n - crop) // 2 + crop) for n in t1.shape)]
     paths = []
     for i in range(count):
         rng = np.random.default_rng(i)
@@ -82,11 +85,11 @@ def run_command(argv: list[str]) -> tuple[float, int]:
 
 
 def command_table(args, volumes: list[Path], ckpts: dict[str, Path]) -> list[str]:
-    out = Path(args.output) / "predictions"
+    out = volumes[0].parent.parent / "predictions"
     variants = [(name, flags) for name in NETS for flags in ([], ["--compile"] if args.compile else [])]
     variants = list(dict.fromkeys((n, tuple(f)) for n, f in variants))
     runs: dict[tuple, list[tuple[float, int]]] = {v: [] for v in variants}
-    common = ["--patch_size", f"[{ROI},{ROI},{ROI}]", "--sw_batch_size", str(SW_BATCH), "--progress", "false",
+    common = ["--patch_size", f"[{args.roi},{args.roi},{args.roi}]", "--sw_batch_size", str(SW_BATCH), "--progress", "false",
               "--overwrite", "--device", str(args.device)]
     for _ in range(args.reps):
         for name, flags in variants:
@@ -96,7 +99,7 @@ def command_table(args, volumes: list[Path], ckpts: dict[str, Path]) -> list[str
     if args.torchrun:
         folder = volumes[0].parent / "four"
         if len(list(folder.glob("*.nii.gz"))) != 4:
-            write_volumes(folder, 4)
+            write_volumes(folder, 4, args.crop)
         for name in NETS:
             key = (name, ("torchrun 2 processes, 4 volumes",))
             runs[key] = []
@@ -115,7 +118,7 @@ def command_table(args, volumes: list[Path], ckpts: dict[str, Path]) -> list[str
     return lines
 
 
-def window_fns(volume: Path, device: torch.device, compile: bool) -> tuple[dict, list[torch.Tensor]]:
+def window_fns(volume: Path, device: torch.device, compile: bool, roi: int) -> tuple[dict, list[torch.Tensor]]:
     """Per network, the sliding-window call on the volume (NaN holes cleared, the mask given to PartialUNet)."""
     data = torch.from_numpy(np.asarray(nib.load(volume).dataobj, dtype=np.float32))[None, None].to(device)
     mask = torch.isfinite(data).float()
@@ -132,9 +135,9 @@ def window_fns(volume: Path, device: torch.device, compile: bool) -> tuple[dict,
         def f(m: torch.Tensor) -> None:
             with torch.no_grad():
                 if name == "PartialUNet":
-                    sliding_window_inference(x, ROI, SW_BATCH, nets[name], OVERLAP, condition=m)
+                    sliding_window_inference(x, roi, SW_BATCH, nets[name], OVERLAP, condition=m)
                 else:
-                    sliding_window_inference(x, ROI, SW_BATCH, nets[name], OVERLAP)
+                    sliding_window_inference(x, roi, SW_BATCH, nets[name], OVERLAP)
         return f
 
     return {name: call(name) for name in nets}, [mask]
@@ -147,16 +150,18 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also compiled (torch.compile; pconv3d infer --compile)")
     p.add_argument("--torchrun", action="store_true", help="also the command under torchrun, 2 processes, 4 volumes")
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"))
+    p.add_argument("--quick", action="store_true", help="a 64³ crop and 32³ windows, to check the script runs")
     p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the child process below
     args = p.parse_args()
-    out = Path(args.output)
-    volumes = sorted((out / "volumes").glob("*.nii.gz")) or write_volumes(out / "volumes", 1)
+    args.crop, args.roi = (64, 32) if args.quick else (None, ROI)
+    out = Path(args.output) / ("quick" if args.quick else "full")
+    volumes = sorted((out / "volumes").glob("*.nii.gz")) or write_volumes(out / "volumes", 1, args.crop)
     compiled = [False, True] if args.compile else [False]
     if args.memory_only:
         _libc.mallopt(_M_MMAP_THRESHOLD, 1 << 16)
         peaks = {}
         for c in compiled:
-            fns, masks = window_fns(volumes[0], args.device, c)
+            fns, masks = window_fns(volumes[0], args.device, c, args.roi)
             for name, fn in fns.items():
                 fn(masks[0])  # warm-up (and compilation)
                 peaks[f"{name}|{c}"] = peak_growth(lambda: fn(masks[0].clone()))
@@ -165,7 +170,7 @@ def main() -> None:
     ckpts = write_checkpoints(out)
     times, peaks = {}, {}
     for c in compiled:
-        fns, masks = window_fns(volumes[0], args.device, c)
+        fns, masks = window_fns(volumes[0], args.device, c, args.roi)
         for name, t in time_calls(fns, masks, args.reps).items():
             times[f"{name}|{c}"] = t
         if args.device.type == "cuda":
@@ -176,7 +181,7 @@ def main() -> None:
         peaks = json.loads(child.stdout.strip().splitlines()[-1])
     where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {args.device} ({where}); 197x233x189 at 1 mm, {MISSING:.0%} of slices missing; "
-          f"windows {ROI}³, {SW_BATCH} per batch, overlap {OVERLAP}; channels {ARCH['channels']}, "
+          f"windows {args.roi}³, {SW_BATCH} per batch, overlap {OVERLAP}; channels {ARCH['channels']}, "
           f"num_res_units {ARCH['num_res_units']}; medians of {args.reps}\n")
     print("| sliding-window call | network | time (s) | × UNet | peak (MB) | × UNet |\n|---|---|---:|---:|---:|---:|")
     for key, t in times.items():
