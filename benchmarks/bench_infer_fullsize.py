@@ -180,7 +180,7 @@ def main() -> None:
                                capture_output=True, text=True, check=True)
         peaks = json.loads(child.stdout.strip().splitlines()[-1])
     where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {args.device} ({where}); 197x233x189 at 1 mm, {MISSING:.0%} of slices missing; "
+    print(f"torch {torch.__version__}, {args.device} ({where}); {'x'.join(map(str, nib.load(volumes[0]).shape))} at 1 mm, {MISSING:.0%} of slices missing; "
           f"windows {args.roi}³, {SW_BATCH} per batch, overlap {OVERLAP}; channels {ARCH['channels']}, "
           f"num_res_units {ARCH['num_res_units']}; medians of {args.reps}\n")
     print("| sliding-window call | network | time (s) | × UNet | peak (MB) | × UNet |\n|---|---|---:|---:|---:|---:|")
