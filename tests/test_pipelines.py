@@ -264,6 +264,19 @@ def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path,
     assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list(images.iterdir()))
 
 
+def test_interpolated_unet_overlay_is_a_complete_recipe(dataset, tmp_path):
+    """configs/unet_interpolated.yaml: a MONAI UNet on interpolated input, no simulated holes, replayed by infer."""
+    out = tmp_path / "run"
+    assert main(["train", "--config", "train.yaml", "unet_interpolated.yaml", "--data", str(dataset), "--output",
+                 str(out), "--epochs", "1", *TINY]) == 0
+    best = load_checkpoint(out / "best.pt")
+    assert best["network_def"]["_target_"] == "monai.networks.nets.UNet" and best["network_def"]["in_channels"] == 1
+    assert best["input_def"]["fill_missing"] == "interpolate" and not best["input_def"]["mask_input"]
+    assert main(["infer", "--model", str(out / "best.pt"), "--input", str(dataset / "imagesTs"), "--output",
+                 str(tmp_path / "p"), "--progress", "false"]) == 0
+    assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list((dataset / "imagesTs").iterdir()))
+
+
 def test_a_checkpoint_from_before_input_def_was_recorded_still_runs(trained, dataset, tmp_path):
     """Earlier configs gave every network the image with holes at 0 and the mask, and recorded nothing: infer
     replays that whatever today's defaults are."""
