@@ -1,0 +1,63 @@
+"""Where a lone partial convolution spends its time beyond the convolution, op by op (torch.profiler).
+
+Run: ``python -m benchmarks.profile_layer [--size 64] [--batch 2] [--channels 16] [--backward] [--device cuda]``
+
+One ``PartialConv3d(k=3, pad=1)`` against the ``nn.Conv3d`` it wraps, each call given a fresh single-channel
+mask (random holes plus two dropped slices, as ``benchmarks/bench_partial_conv.py``). Prints, for both layers,
+the profiler's table of aten ops by self time (summed over ``--reps`` calls), so that every pass over the
+mask, the input and the output shows as its own row, with its share of the layer's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.bench_partial_conv import make_mask, synchronize
+from pconv3d import PartialConv3d
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--backward", action="store_true", help="forward and backward (the input requires grad)")
+    p.add_argument("--device", type=torch.device, default=torch.device("cpu"))
+    p.add_argument("--rows", type=int, default=15)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    c, s, n = args.channels, args.size, args.batch
+    conv = nn.Conv3d(c, c, 3, padding=1).to(args.device)
+    partial = PartialConv3d(c, c, 3, padding=1).to(args.device)
+    partial.load_state_dict(conv.state_dict())
+    x = torch.randn(n, c, s, s, s, device=args.device, requires_grad=args.backward)
+    g = torch.randn(n, c, s, s, s, device=args.device)
+    masks = [make_mask(n, 1, s, seed).to(args.device) for seed in range(3)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
+
+    for name, call in (("nn.Conv3d", lambda m: conv(x)), ("PartialConv3d", lambda m: partial(x, m))):
+        def step(m: torch.Tensor) -> None:
+            with torch.set_grad_enabled(args.backward):
+                out = call(m)
+                if args.backward:
+                    out.backward(g)
+
+        for r in range(2):
+            step(masks[r % 3].clone())  # warm-up
+        synchronize(args.device)
+        with profile(activities=activities) as prof:
+            for r in range(args.reps):
+                step(masks[r % 3].clone())  # a fresh mask every call
+            synchronize(args.device)
+        print(f"## {name}: {n}x{c}x{s}³, {'forward+backward' if args.backward else 'forward'}, {args.reps} calls\n")
+        print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
