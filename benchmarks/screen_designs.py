@@ -12,18 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.study import METHODS, PATTERNS, study_data, score_network, train
+from pipelines.study import METHODS, PARTIAL, PATTERNS, study_data, score_network, train
 
 UNET = "monai.networks.nets.UNet"
-# name -> training-config overrides
+# name -> training-config overrides; every variant spells out its input switches (see pipelines.study.METHODS)
 VARIANTS: dict[str, dict] = {
     "unet_interp": METHODS["unet_interp"].overrides,
     "unet_interp_noholes": {**METHODS["unet_interp"].overrides, "simulate_holes": False},
     "unet_interp_channel": METHODS["unet_interp_channel"].overrides,
-    "partial": {},
-    "partial_noholes": {"simulate_holes": False},
+    "partial": METHODS["partial"].overrides,
+    "partial_noholes": {**METHODS["partial"].overrides, "simulate_holes": False},
     "partial_soft": METHODS["partial_soft"].overrides,
-    "partial_soft_channel": {"fill_missing": "soft", "mask_as_channel": True},
+    "partial_soft_channel": {**PARTIAL, "fill_missing": "soft", "mask_as_channel": True},
     "gated_interp": {"network_def#_target_": "pconv3d.networks.GatedUNet", "mask_input": False,
                      "fill_missing": "interpolate", "mask_as_channel": True},
     "gated_soft": {"network_def#_target_": "pconv3d.networks.GatedUNet", "mask_input": False, "fill_missing": "soft",

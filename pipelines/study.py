@@ -66,13 +66,15 @@ class Method:
     candidates: tuple[str, ...] = ("default", "often, all axes")
 
 
+# Every method spells out all three input switches (mask_input, fill_missing, mask_as_channel): a switch left
+# to train.yaml would change the method whenever the default does.
 PARTIAL = {"network_def#_target_": "pconv3d.networks.PartialUNet", "mask_input": True, "mask_as_channel": False}
+PLAIN = {"network_def#_target_": UNET, "mask_input": False, "mask_as_channel": False}
 METHODS: dict[str, Method] = {
-    "unet_zero": Method("UNet, zero-filled", {"network_def#_target_": UNET, "mask_input": False}, True),
-    "unet_interp": Method("UNet, interpolated", {"network_def#_target_": UNET, "mask_input": False,
-                                                 "fill_missing": "interpolate"}, True),
+    "unet_zero": Method("UNet, zero-filled", {**PLAIN, "fill_missing": None}, True),
+    "unet_interp": Method("UNet, interpolated", {**PLAIN, "fill_missing": "interpolate"}, True),
     "unet_interp_noholes": Method("UNet, interpolated, trained on complete volumes", {
-        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate"}, True, ("none",)),
+        **PLAIN, "fill_missing": "interpolate"}, True, ("none",)),
     "unet_interp_channel": Method("UNet, interpolated + mask channel", {
         "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate", "mask_as_channel": True}, True),
     "unet_wide_soft_channel": Method("UNet (GatedUNet's size), interpolated + confidence channel", {

@@ -18,6 +18,14 @@ def _tiny_overrides() -> dict:
     return {k[2:]: yaml.safe_load(v) for k, v in pairs.items() if k not in ("--val_interval", "--progress")}
 
 
+def test_every_method_spells_out_its_inputs():
+    """A switch left to train.yaml's default would change a method whenever that default changes."""
+    from pipelines.study import METHODS
+
+    for slug, method in METHODS.items():
+        assert {"network_def#_target_", "mask_input", "fill_missing", "mask_as_channel"} <= method.overrides.keys(), slug
+
+
 def test_region_holes_reach_the_fraction_and_depend_on_the_case_only():
     from monai.data import MetaTensor
 
