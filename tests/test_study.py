@@ -26,6 +26,16 @@ def test_every_method_spells_out_its_inputs():
         assert {"network_def#_target_", "mask_input", "fill_missing", "mask_as_channel"} <= method.overrides.keys(), slug
 
 
+def test_the_rarely_overlay_is_the_studied_setting():
+    """configs/holes_rarely.yaml is what the study measured as "rarely, all axes"."""
+    import yaml
+
+    from pipelines.study import CANDIDATES
+    from tests.cli_helpers import ROOT
+
+    assert yaml.safe_load((ROOT / "configs" / "holes_rarely.yaml").read_text()) == CANDIDATES["rarely, all axes"]
+
+
 def test_region_holes_reach_the_fraction_and_depend_on_the_case_only():
     from monai.data import MetaTensor
 
