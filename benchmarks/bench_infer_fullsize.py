@@ -10,14 +10,13 @@ The volumes are the MNI152 template shipped with nilearn (what the project's dat
 share one set of weights (untrained: the time does not depend on them). Windows of 96³, 4 per batch, overlap
 0.25. The sliding-window call is timed interleaved in this process (medians) and its peak memory measured in
 a child process as in ``benchmarks/bench_unet.py``; each command is a child process: its wall time and its
-peak resident set (``ru_maxrss``), medians of ``--reps`` runs, one network after the other in turn.
+peak resident set (GNU ``time``'s ``%M``), medians of ``--reps`` runs, one network after the other in turn.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -73,15 +72,17 @@ def write_checkpoints(folder: Path) -> dict[str, Path]:
 
 
 def run_command(argv: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak resident set (bytes) of a child process; it must succeed."""
+    """Wall seconds and peak resident set (bytes) of a command; it must succeed. The command is started by
+    GNU ``time``: a child forked from this (large) process would count this process's resident set, which it
+    held until its ``exec``, in its own peak; ``time`` is small when it forks the command."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-f", "peak_kb %M", *argv], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr.read()[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
+        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+    peak = [line for line in proc.stderr.splitlines() if line.startswith("peak_kb ")][-1]
+    return wall, int(peak.split()[1]) * 1024
 
 
 def command_table(args, volumes: list[Path], ckpts: dict[str, Path]) -> list[str]:
