@@ -25,8 +25,9 @@ def _masks(shape: tuple[int, ...], count: int = 3) -> list[torch.Tensor]:
 
 
 @pytest.fixture
-def no_recompile():
-    """Every compiled call after the first must hit the graph compiled for the first (a recompilation raises)."""
+def fresh_dynamo():
+    """Dynamo's caches empty before and after the test; the fixture's value forbids recompilation from the
+    moment it is called (every later call must hit a graph compiled before)."""
     torch._dynamo.reset()
     yield lambda: setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.config.error_on_recompile = False
@@ -34,7 +35,7 @@ def no_recompile():
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C++ compiler for inductor")
-def test_inductor_layer_equals_eager_for_fresh_masks(no_recompile):
+def test_inductor_layer_equals_eager_for_fresh_masks(fresh_dynamo):
     torch.manual_seed(0)
     conv = PartialConv3d(2, 4, 3, padding=1, return_mask=True)
     compiled = torch.compile(conv)
@@ -42,7 +43,7 @@ def test_inductor_layer_equals_eager_for_fresh_masks(no_recompile):
     masks = _masks((2, 1, 8, 8, 8))
     for i, mask in enumerate(masks):
         if i == 1:
-            no_recompile()
+            fresh_dynamo()
         x_holes = x.masked_fill(mask == 0, float("nan"))  # hole contents never leak, compiled either
         out, new_mask = compiled(x_holes, mask.clone())
         ref, ref_mask = conv(x, mask)
@@ -51,7 +52,7 @@ def test_inductor_layer_equals_eager_for_fresh_masks(no_recompile):
 
 
 @pytest.mark.parametrize("name", ["PartialUNet", "GatedUNet"])
-def test_compiled_network_trains_like_eager_without_recompiling(name, no_recompile):
+def test_compiled_network_trains_like_eager_without_recompiling(name, fresh_dynamo):
     torch.manual_seed(0)
     if name == "PartialUNet":
         net = PartialUNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
@@ -64,7 +65,7 @@ def test_compiled_network_trains_like_eager_without_recompiling(name, no_recompi
     compiled = torch.compile(net, backend="aot_eager")
     for i, mask in enumerate(_masks((2, 1, 16, 16, 16))):
         if i == 1:
-            no_recompile()
+            fresh_dynamo()
         for training in (True, False):
             net.train(training)
             net.zero_grad()
@@ -81,7 +82,7 @@ def test_compiled_network_trains_like_eager_without_recompiling(name, no_recompi
                     torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_train_and_infer_compile_switch(dataset, tmp_path, capsys):
+def test_train_and_infer_compile_switch(dataset, tmp_path, capsys, fresh_dynamo):
     """``--compile`` trains and segments through MONAI's engines (``compile=``), and the checkpoint keeps the
     plain network's keys, so the run loads without compiling too."""
     backend = ["--compile_kwargs", "{backend: aot_eager}"]
