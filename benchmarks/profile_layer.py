@@ -1,6 +1,9 @@
 """Where a lone partial convolution spends its time beyond the convolution, op by op (torch.profiler).
 
-Run: ``python -m benchmarks.profile_layer [--size 64] [--batch 2] [--channels 16] [--backward] [--device cuda]``
+Run: ``python -m benchmarks.profile_layer [--size 64] [--batch 2] [--channels 16] [--backward] [--device cuda]``;
+``--network`` profiles ``PartialUNet`` against MONAI ``UNet`` (channels 16-128, one residual unit) instead, and
+``--compile`` runs both through ``torch.compile`` (inductor's generated kernels then show as one
+``CompiledFxGraph`` row per network: the elementwise and reduction work around the convolutions).
 
 One ``PartialConv3d(k=3, pad=1)`` against the ``nn.Conv3d`` it wraps, each call given a fresh single-channel
 mask (random holes plus two dropped slices, as ``benchmarks/bench_partial_conv.py``). Prints, for both layers,
@@ -17,7 +20,10 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.bench_partial_conv import make_mask, synchronize
+from monai.networks.nets import UNet
+
 from pconv3d import PartialConv3d
+from pconv3d.networks import PartialUNet
 
 
 def main() -> None:
@@ -29,19 +35,30 @@ def main() -> None:
     p.add_argument("--backward", action="store_true", help="forward and backward (the input requires grad)")
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"))
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--network", action="store_true", help="PartialUNet against MONAI UNet instead of one layer")
+    p.add_argument("--compile", action="store_true", help="torch.compile both (after a warm-up that compiles)")
     args = p.parse_args()
     torch.manual_seed(0)
     c, s, n = args.channels, args.size, args.batch
-    conv = nn.Conv3d(c, c, 3, padding=1).to(args.device)
-    partial = PartialConv3d(c, c, 3, padding=1).to(args.device)
+    if args.network:
+        kw = dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+                  num_res_units=1)
+        conv, partial, c_in, c_out = UNet(**kw), PartialUNet(**kw), 1, 2
+        conv.train(args.backward), partial.train(args.backward)
+    else:
+        conv, partial, c_in, c_out = nn.Conv3d(c, c, 3, padding=1), PartialConv3d(c, c, 3, padding=1), c, c
     partial.load_state_dict(conv.state_dict())
-    x = torch.randn(n, c, s, s, s, device=args.device, requires_grad=args.backward)
-    g = torch.randn(n, c, s, s, s, device=args.device)
+    conv, partial = conv.to(args.device), partial.to(args.device)
+    if args.compile:
+        conv, partial = torch.compile(conv), torch.compile(partial)
+    x = torch.randn(n, c_in, s, s, s, device=args.device, requires_grad=args.backward)
+    g = torch.randn(n, c_out, s, s, s, device=args.device)
     masks = [make_mask(n, 1, s, seed).to(args.device) for seed in range(3)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
     sort = "self_cuda_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
 
-    for name, call in (("nn.Conv3d", lambda m: conv(x)), ("PartialConv3d", lambda m: partial(x, m))):
+    names = ("MONAI UNet", "PartialUNet") if args.network else ("nn.Conv3d", "PartialConv3d")
+    for name, call in ((names[0], lambda m: conv(x)), (names[1], lambda m: partial(x, m))):
         def step(m: torch.Tensor) -> None:
             with torch.set_grad_enabled(args.backward):
                 out = call(m)
@@ -55,7 +72,8 @@ def main() -> None:
             for r in range(args.reps):
                 step(masks[r % 3].clone())  # a fresh mask every call
             synchronize(args.device)
-        print(f"## {name}: {n}x{c}x{s}³, {'forward+backward' if args.backward else 'forward'}, {args.reps} calls\n")
+        what = f"{'forward+backward' if args.backward else 'forward'}{', compiled' if args.compile else ''}"
+        print(f"## {name}: {n}x{c_in}x{s}³, {what}, {args.reps} calls\n")
         print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
 
 
