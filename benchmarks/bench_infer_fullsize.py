@@ -87,8 +87,7 @@ def run_command(argv: list[str]) -> tuple[float, int]:
 
 def command_table(args, volumes: list[Path], ckpts: dict[str, Path]) -> list[str]:
     out = volumes[0].parent.parent / "predictions"
-    variants = [(name, flags) for name in NETS for flags in ([], ["--compile"] if args.compile else [])]
-    variants = list(dict.fromkeys((n, tuple(f)) for n, f in variants))
+    variants = [(name, flags) for name in NETS for flags in ([(), ("--compile",)] if args.compile else [()])]
     runs: dict[tuple, list[tuple[float, int]]] = {v: [] for v in variants}
     common = ["--patch_size", f"[{args.roi},{args.roi},{args.roi}]", "--sw_batch_size", str(SW_BATCH), "--progress", "false",
               "--overwrite", "--device", str(args.device)]

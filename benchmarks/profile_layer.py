@@ -17,11 +17,10 @@ import argparse
 
 import torch
 import torch.nn as nn
+from monai.networks.nets import UNet
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.bench_partial_conv import make_mask, synchronize
-from monai.networks.nets import UNet
-
 from pconv3d import PartialConv3d
 from pconv3d.networks import PartialUNet
 

@@ -16,7 +16,7 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, default=250)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                   help="a subset of the methods (the twice-the-budget stage takes the best two of them)")
+                   help="a subset of the methods (the twice-the-budget stage takes the best of them and the best baseline)")
     p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
                    help="the training settings each method is tuned over (where it allows them)")
     args = p.parse_args()

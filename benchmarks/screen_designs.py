@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.study import METHODS, PARTIAL, PATTERNS, study_data, score_network, train
+from pipelines.study import CANDIDATES, METHODS, PARTIAL, PATTERNS, study_data, score_network, train
 
 UNET = "monai.networks.nets.UNet"
 # name -> training-config overrides; every variant spells out its input switches (see pipelines.study.METHODS)
@@ -31,10 +31,9 @@ VARIANTS: dict[str, dict] = {
     "unet_soft_channel": {"network_def#_target_": UNET, "mask_input": False, "fill_missing": "soft", "mask_as_channel": True},
 }
 # GatedUNet with holes simulated less often: does the gap with nothing missing close, and what do the holes lose?
-for _name, _drop, _regions in (("gated_half", 0.5, 0.3), ("gated_rarely", 0.3, 0.2)):
-    VARIANTS[_name] = {**VARIANTS["gated_soft"],
-                       "drop_slices": {"prob": _drop, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},
-                       "mask_regions": {"prob": _regions, "num_regions": [1, 3], "size": [0.1, 0.35]}}
+VARIANTS["gated_half"] = {**VARIANTS["gated_soft"], "drop_slices": {"prob": 0.5, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},
+                          "mask_regions": {"prob": 0.3, "num_regions": [1, 3], "size": [0.1, 0.35]}}
+VARIANTS["gated_rarely"] = {**VARIANTS["gated_soft"], **CANDIDATES["rarely, all axes"]}
 
 
 def main() -> None:

@@ -278,8 +278,10 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
 
     write_outputs(out, rows, [], chosen)  # the main result, before the budget check
     ranked = sorted(methods, key=lambda m: -_mean_dice([r for r in rows if r["method"] == m]))
-    # the best method and the best baseline: does the lead hold with more training?
-    top = list(dict.fromkeys([ranked[0]] + [m for m in ranked if METHODS[m].baseline][:1] + ranked[1:2]))[:2]
+    # the best method and the best baseline (the runner-up if the best is a baseline or there is none): does the
+    # lead hold with more training?
+    rivals = [m for m in ranked[1:] if METHODS[m].baseline and not METHODS[ranked[0]].baseline] or ranked[1:]
+    top = ranked[:1] + rivals[:1]
     budget_rows: list[dict[str, Any]] = []
     for slug in top:  # 3. twice the budget
         for seed in seeds:
