@@ -18,6 +18,8 @@ growth of the resident set over one call (Linux ``VmHWM``, reset before the call
 ``/proc/self/clear_refs``), with glibc set to return large blocks at once so that freed tensors leave the
 resident set (a setting that would slow every allocation down, hence not in the timed process). On a GPU,
 peak memory is the allocator's peak over one call (``torch.cuda.max_memory_allocated``), in the timed process.
+The same child reports the resident set after 5 and after 50 inference calls with fresh masks (on a GPU: the
+memory allocated): anything a call leaves behind would show as growth.
 """
 
 from __future__ import annotations
@@ -109,6 +111,17 @@ def peak_growth(fn: Callable[[], None]) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+def retained(fn: Callable[[torch.Tensor], None], masks: list[torch.Tensor], size: Callable[[], int]) -> tuple[int, int]:
+    """``size()`` (memory in use) after 5 and after 50 calls of ``fn``, each given a fresh mask."""
+    sizes = []
+    for i in range(50):
+        fn(masks[i % len(masks)].clone())
+        if i + 1 in (5, 50):
+            gc.collect()
+            sizes.append(size())
+    return sizes[0], sizes[1]
+
+
 def cuda_peak(fn: Callable[[], None], device: torch.device) -> int:
     """Bytes the CUDA allocator's use grew by at its peak during ``fn()``."""
     synchronize(device)
@@ -190,17 +203,19 @@ def main() -> None:
             fn(masks[0].clone())  # warm-up
         m_train = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in train.items()}
         m_infer = {k: peak_growth(lambda: fn(masks[0].clone())) for k, fn in infer.items()}
-        print(json.dumps({"train": m_train, "infer": m_infer}))
+        kept = {k: retained(fn, masks, lambda: _status_bytes("VmRSS:")) for k, fn in infer.items()}
+        print(json.dumps({"train": m_train, "infer": m_infer, "retained": kept}))
         return
     t_train, t_infer = time_calls(train, masks, args.reps), time_calls(infer, masks, args.reps)
     if args.device.type == "cuda":
         m_train = {k: cuda_peak(lambda: fn(masks[0].clone()), args.device) for k, fn in train.items()}
         m_infer = {k: cuda_peak(lambda: fn(masks[0].clone()), args.device) for k, fn in infer.items()}
+        kept = {k: retained(fn, masks, lambda: torch.cuda.memory_allocated(args.device)) for k, fn in infer.items()}
     else:
         child = subprocess.run([sys.executable, "-m", "benchmarks.bench_unet", "--memory-only", *sys.argv[1:]],
                                capture_output=True, text=True, check=True)
         memory = json.loads(child.stdout.strip().splitlines()[-1])
-        m_train, m_infer = memory["train"], memory["infer"]
+        m_train, m_infer, kept = memory["train"], memory["infer"], memory["retained"]
 
     where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else f"{torch.get_num_threads()} threads"
     peak = "CUDA allocator peak" if args.device.type == "cuda" else "peak resident-set growth"
@@ -220,6 +235,11 @@ def main() -> None:
         for table, scale, fmt in tables:
             row += [fmt.format(table[name] * scale), f"{table[name] / table[MONAI]:.2f}×"]
         print("| " + " | ".join(row) + " |")
+    held = "CUDA memory allocated" if args.device.type == "cuda" else "resident set"
+    print(f"\nNothing retained between calls: {held} after 5 and after 50 inference calls, each with a fresh mask")
+    print("| network | after 5 (MB) | after 50 (MB) | growth (MB) |\n|---|---:|---:|---:|")
+    for name, (five, fifty) in kept.items():
+        print(f"| {name} | {five / 1e6:.1f} | {fifty / 1e6:.1f} | {(fifty - five) / 1e6:+.1f} |")
     if BASELINE in nets:
         print(f"\nPartialUNet vs the baseline layer: training step {t_train[BASELINE] / t_train[OURS]:.2f}× faster, "
               f"inference {t_infer[BASELINE] / t_infer[OURS]:.2f}× faster.")

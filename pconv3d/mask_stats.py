@@ -13,7 +13,7 @@ a convolution's output.
 
 
 import functools
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -76,15 +76,47 @@ def window_sum(
     if max(zero_pad) > 0:
         mask = F.pad(mask, zero_pad)
     if torch.jit.is_tracing():
-        n, c = mask.shape[0], mask.shape[1]
-        ones = torch.ones([1, 1] + kernel_size, dtype=mask.dtype, device=mask.device)
-        flat = mask.reshape([n * c, 1] + list(mask.shape[2:]))  # channels into the batch: one 1->1 conv
-        sums = torch.convolution(flat, ones, None, stride, [0] * len(kernel_size), dilation, False, [0], 1)
-        return sums.reshape([n, c] + list(sums.shape[2:]))
+        return _ones_conv(mask, kernel_size, stride, [0] * len(kernel_size), dilation, False, [0])
     for i in range(len(kernel_size)):
-        span = dilation[i] * (kernel_size[i] - 1) + 1
-        mask = mask.unfold(2 + i, span, stride[i])[..., :: dilation[i]].sum(-1)
+        d, k = 2 + i, kernel_size[i]
+        out = (mask.shape[d] - dilation[i] * (k - 1) - 1) // stride[i] + 1
+        if out < 1:
+            raise RuntimeError(f"window_sum: a window spans {dilation[i] * (k - 1) + 1} voxels along spatial dim {i}, "
+                               f"more than the {mask.shape[d]} of the padded input")
+        # each tap of the window is a strided view: k - 1 additions, no reduction over a tiny dim
+        acc = _taps(mask, d, 0, out, stride[i])
+        if k > 1:
+            acc = acc + _taps(mask, d, dilation[i], out, stride[i])
+        for j in range(2, k):
+            acc += _taps(mask, d, j * dilation[i], out, stride[i])
+        mask = acc
     return mask
+
+
+def _ones_conv(mask: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
+               transposed: bool, output_padding: List[int]) -> Tensor:
+    """Window sums as a (transposed) convolution with a ones kernel: what exporters get, since they need
+    static windows (slow on the CPU, where a 1-channel convolution takes a generic path)."""
+    n, c = mask.shape[0], mask.shape[1]
+    ones = torch.ones([1, 1] + kernel_size, dtype=mask.dtype, device=mask.device)
+    flat = mask.reshape([n * c, 1] + list(mask.shape[2:]))  # channels into the batch: one 1->1 conv
+    sums = torch.convolution(flat, ones, None, stride, padding, dilation, transposed, output_padding, 1)
+    return sums.reshape([n, c] + list(sums.shape[2:]))
+
+
+def _exporting() -> bool:
+    """Traced or exported (ONNX, ``torch.export``): a graph that must hold standard operators only."""
+    if torch.jit.is_tracing():
+        return True
+    if not torch.jit.is_scripting():
+        return torch.compiler.is_exporting()
+    return False
+
+
+def _taps(x: Tensor, d: int, start: int, count: int, step: int) -> Tensor:
+    """View of ``count`` slices of ``x`` along dim ``d``, from ``start``, ``step`` apart."""
+    x = x.narrow(d, start, (count - 1) * step + 1)
+    return x if step == 1 else x.unfold(d, 1, step).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,18 +184,6 @@ def _renormalize_eager(out: Tensor, ratio: Tensor, valid: Tensor, bias: Tensor, 
 # transposed convolutions and masked normalization (used by pconv3d.blocks)
 
 
-def _interleave_zeros(mask: Tensor, stride: List[int]) -> Tensor:
-    """Insert ``stride - 1`` zeros between neighbouring voxels along every spatial dim: (N, C, *((L-1)*s+1))."""
-    for i in range(len(stride)):
-        s = stride[i]
-        if s > 1:
-            d = 2 + i
-            shape = list(mask.shape)
-            zeros = torch.zeros(shape[: d + 1] + [s - 1] + shape[d + 1 :], dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([mask.unsqueeze(d + 1), zeros], d + 1).flatten(d, d + 1).narrow(d, 0, (shape[d] - 1) * s + 1)
-    return mask
-
-
 def transposed_window_sum(
     mask: Tensor,
     kernel_size: List[int],
@@ -175,16 +195,31 @@ def transposed_window_sum(
     """Sum of ``mask`` ``(N, C, *in)`` over the input voxels that reach each output voxel of a transposed
     convolution with this geometry: ``(N, C, *out)``, per channel.
 
-    A transposed convolution is a stride-1 convolution of the zero-interleaved input with the flipped kernel,
-    padded by ``dilation * (k - 1) - padding`` before and that plus ``output_padding`` after (negative
-    values crop); the ones-kernel is its own flip, so this is :func:`window_sum` of the interleaved mask.
+    Input voxel ``i`` reaches output voxel ``o = i * stride + j * dilation - padding`` through kernel tap
+    ``j``. One spatial dim at a time, each tap adds the input into a strided view of the output: ``k``
+    additions at the input's size, never a pass over a zero-interleaved copy (exported graphs: a ones-kernel
+    transposed convolution, as they cannot write into strided views).
     """
-    pre_pad: List[int] = []
-    for i in range(len(kernel_size) - 1, -1, -1):
-        before = dilation[i] * (kernel_size[i] - 1) - padding[i]
-        pre_pad += [before, before + output_padding[i]]
-    ones = [1] * len(kernel_size)
-    return window_sum(_interleave_zeros(mask, stride), kernel_size, ones, [0] * len(kernel_size), dilation, pre_pad, "constant")
+    if _exporting():
+        return _ones_conv(mask, kernel_size, stride, padding, dilation, True, output_padding)
+    for i in range(len(kernel_size)):
+        d, k, s = 2 + i, kernel_size[i], stride[i]
+        length = mask.shape[d]
+        out = (length - 1) * s - 2 * padding[i] + dilation[i] * (k - 1) + output_padding[i] + 1
+        if out < 1:
+            raise RuntimeError(f"transposed_window_sum: no output along spatial dim {i} (padding {padding[i]})")
+        shape = list(mask.shape)
+        shape[d] = out
+        acc = torch.zeros(shape, dtype=mask.dtype, device=mask.device)
+        for j in range(k):
+            offset = j * dilation[i] - padding[i]
+            first = (s - 1 - offset) // s if offset < 0 else 0  # the first input voxel that lands inside
+            last = min(length - 1, (out - 1 - offset) // s)
+            if last >= first:
+                count = last - first + 1
+                _taps(acc, d, first * s + offset, count, s).add_(mask.narrow(d, first, count))
+        mask = acc
+    return mask
 
 
 def _outer(lines: List[Tensor]) -> Tensor:
@@ -284,16 +319,18 @@ class Windows:
                 # a window of a group spans all of the group's input channels: sum them before sliding
                 m = m.reshape([m.shape[0], groups, m.shape[1] // groups] + list(m.shape[2:])).sum(2)
             s = self.sums(m)
-        valid = s > 0
-        zero = torch.zeros((), dtype=dtype, device=s.device)
+        # valid = [S > 0] (S is never negative); ratio = valid * F / (S + 1 - valid): F / S exactly rounded
+        # where S > 0 and 0 elsewhere, in cheap passes (torch.where is a slow one on the CPU)
+        valid = s.sign()
         if self.transposed:
-            ratio = torch.where(valid, full / s, zero)
+            numerator = valid * full
         else:
             winsize = 1.0 if mask is None else float(mask.shape[1] // groups)
             for k in self.kernel_size:
                 winsize *= k
-            ratio = torch.where(valid, winsize / s, zero)
-        return MaskStats(ratio, valid.to(dtype))
+            numerator = valid * winsize
+        ratio = numerator.div_(torch.rsub(valid, 1.0).add_(s))
+        return MaskStats(ratio, valid)
 
 
 def full_stats(windows: Windows, spatial: List[int], dtype: torch.dtype, device: torch.device) -> Optional[MaskStats]:
@@ -308,7 +345,7 @@ def full_stats(windows: Windows, spatial: List[int], dtype: torch.dtype, device:
     would wait for it.
     """
     counts = [_line_counts(windows, spatial, i) for i in range(len(spatial))]
-    if any(min(c) == 0 for c in counts):
+    if any(len(c) == 0 or min(c) == 0 for c in counts):
         return None
     one = torch.ones((), dtype=dtype, device=device).expand([1, 1] + [len(c) for c in counts])  # no memory
     full = all(min(c) == max(c) == k for c, k in zip(counts, windows.kernel_size))
@@ -324,18 +361,74 @@ def full_stats(windows: Windows, spatial: List[int], dtype: torch.dtype, device:
     return MaskStats(winsize / _outer(windows.line_sums(spatial, dtype, device)), one)
 
 
-def _line_counts(windows: Windows, spatial: List[int], i: int) -> tuple:
-    """Input voxels that reach each output voxel along spatial dim ``i`` when all are valid."""
+# Under torch.compile the statistics are one operator the compiler cannot see into: inlined, the window sums
+# were recomputed for every output channel in the kernels that read them, and strided windows kept those
+# kernels from vectorizing. Opaque, they are computed once, at the mask's size, as in eager mode.
+@torch.library.custom_op("pconv3d::window_stats", mutates_args=())
+def _window_stats_op(
+    mask: Tensor,
+    kernel_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    pre_pad: List[int],
+    pad_mode: str,
+    output_padding: List[int],
+    transposed: bool,
+    groups: int,
+    dtype: torch.dtype,
+) -> Tuple[Tensor, Tensor]:
+    windows = Windows(kernel_size, stride, padding, dilation, pre_pad, pad_mode, output_padding, transposed)
+    ratio, valid = windows.stats(mask, list(mask.shape[2:]), groups, dtype, mask.device)
+    return ratio, valid
+
+
+@_window_stats_op.register_fake
+def _(mask, kernel_size, stride, padding, dilation, pre_pad, pad_mode, output_padding, transposed, groups, dtype):
+    windows = Windows(kernel_size, stride, padding, dilation, pre_pad, pad_mode, output_padding, transposed)
+    spatial = list(mask.shape[2:])
+    shape = [mask.shape[0], groups if mask.shape[1] > 1 else 1]
+    shape += [_out_length(windows, spatial, i) for i in range(len(spatial))]
+    return mask.new_empty(shape, dtype=dtype), mask.new_empty(shape, dtype=dtype)
+
+
+def graph_stats(windows: Windows, mask: Tensor, groups: int, dtype: torch.dtype) -> MaskStats:
+    """:meth:`Windows.stats` of ``mask`` as one operator (``pconv3d::window_stats``): what compiled graphs
+    call, so that the statistics are computed once per mask and read, not recomputed, by what follows."""
+    w = windows
+    ratio, valid = torch.ops.pconv3d.window_stats(
+        mask, w.kernel_size, w.stride, w.padding, w.dilation, w.pre_pad, w.pad_mode, w.output_padding, w.transposed,
+        groups, dtype,
+    )
+    return MaskStats(ratio, valid)
+
+
+def _geometry(windows: Windows, length: int, i: int) -> Tuple[int, int, int]:
+    """Length and zero padding before and after along spatial dim ``i`` of a (non-transposed) convolution."""
     n = len(windows.kernel_size)
-    k, stride, dilation = windows.kernel_size[i], windows.stride[i], windows.dilation[i]
-    if windows.transposed:
-        return _transposed_counts(spatial[i], k, stride, windows.padding[i], windows.output_padding[i], dilation)
     before = after = windows.padding[i]
-    length = spatial[i]
     if len(windows.pre_pad) > 0:
         before, after = windows.pre_pad[2 * (n - 1 - i)], windows.pre_pad[2 * (n - 1 - i) + 1]
         if windows.pad_mode != "constant":  # padded like the input: those voxels are valid
             length, before, after = length + before + after, 0, 0
+    return length, before, after
+
+
+def _out_length(windows: Windows, spatial: List[int], i: int) -> int:
+    """Output length along spatial dim ``i`` (integer arithmetic only: symbolic sizes pass through)."""
+    k, stride, dilation = windows.kernel_size[i], windows.stride[i], windows.dilation[i]
+    if windows.transposed:
+        return (spatial[i] - 1) * stride - 2 * windows.padding[i] + dilation * (k - 1) + windows.output_padding[i] + 1
+    length, before, after = _geometry(windows, spatial[i], i)
+    return (length + before + after - dilation * (k - 1) - 1) // stride + 1
+
+
+def _line_counts(windows: Windows, spatial: List[int], i: int) -> tuple:
+    """Input voxels that reach each output voxel along spatial dim ``i`` when all are valid."""
+    k, stride, dilation = windows.kernel_size[i], windows.stride[i], windows.dilation[i]
+    if windows.transposed:
+        return _transposed_counts(spatial[i], k, stride, windows.padding[i], windows.output_padding[i], dilation)
+    length, before, after = _geometry(windows, spatial[i], i)
     return _counts(length, k, stride, before, after, dilation)
 
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from pconv3d.mask import Mask, as_given, tensor_of
-from pconv3d.mask_stats import MaskStats, Windows, full_stats, renormalize, stat_dtype
+from pconv3d.mask_stats import MaskStats, Windows, full_stats, graph_stats, renormalize, stat_dtype
 from pconv3d.masking import apply_mask
 
 __all__ = ["PartialConvBase", "PartialConv1d", "PartialConv2d", "PartialConv3d"]
@@ -126,7 +126,9 @@ class PartialConvBase:
                 key = (self.windows.key, tuple(spatial), dtype, device)
                 stats = mask_in.call_memo(key, full_stats, self.windows, spatial, dtype, device)
             everywhere = stats is not None
-            if stats is None:
+            if stats is None and mask is not None and not full and _compiling_not_exporting():
+                stats = graph_stats(self.windows, mask, groups, dtype)
+            elif stats is None:
                 stats = self.windows.stats(None if full else mask, spatial, groups, dtype, device)
                 everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
         stats, mask_out = self._mask_out(input, stats, groups)
@@ -191,6 +193,11 @@ class _Step:
         carrier = self.carrier()
         self._held, self._handed = None, weakref.ref(carrier)
         return carrier
+
+
+def _compiling_not_exporting() -> bool:
+    """Inside ``torch.compile`` (not ``torch.export``, whose programs must stay in standard operators)."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
 
 
 def _vouch(out: Tensor, mask_out: Tensor) -> Tensor:

@@ -185,6 +185,24 @@ def test_memory_after_forward_passes_equals_memory_before(grad):
     assert live_tensors() == before
 
 
+@pytest.mark.parametrize("backend", [None, "aot_eager"], ids=["eager", "compiled"])
+def test_memory_after_50_inference_calls_equals_that_after_5(backend):
+    """Fresh masks every call, as in sliding-window inference: nothing accumulates, compiled or not."""
+    torch.manual_seed(0)
+    net = PartialUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=1).eval()
+    torch._dynamo.reset()
+    call = net if backend is None else torch.compile(net, backend=backend)
+    x = torch.randn(1, 1, 16, 16, 16)
+    counted = {}
+    with torch.no_grad():
+        for i in range(1, 51):
+            call(x, holes((1, 1, 16, 16, 16), seed=i))
+            if i in (5, 50):
+                counted[i] = live_tensors()
+    torch._dynamo.reset()
+    assert counted[50] == counted[5]
+
+
 def test_two_threads_run_one_network_at_once():
     torch.manual_seed(0)
     net = PartialUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2), num_res_units=1).eval()
