@@ -2,8 +2,8 @@
 mask, and the ``--compile`` switch of ``pconv3d train`` / ``pconv3d infer``.
 
 The networks compile with the ``aot_eager`` backend (dynamo and AOT autograd: graph breaks, guards and the
-backward graph are all exercised, in seconds); the lone layer also with inductor, which needs a C++ compiler
-(skipped, saying so, where none works).
+backward graph are all exercised, in seconds); the lone layer and a small ``PartialUNet`` also with inductor,
+which needs a C++ compiler (skipped, saying so, where none works).
 """
 
 from __future__ import annotations
@@ -49,6 +49,22 @@ def test_inductor_layer_equals_eager_for_fresh_masks(fresh_dynamo):
         ref, ref_mask = conv(x, mask)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         assert torch.equal(new_mask, ref_mask)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C++ compiler for inductor")
+def test_inductor_network_equals_eager_for_fresh_masks(fresh_dynamo):
+    """Strided, transposed and 1x1 windows, masked norms and skip unions, through inductor (whose statistics
+    are the opaque ``pconv3d::window_stats`` operator)."""
+    torch.manual_seed(0)
+    net = PartialUNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=1).eval()
+    compiled = torch.compile(net)
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        for i, mask in enumerate(_masks((2, 1, 8, 8, 8))):
+            if i == 1:
+                fresh_dynamo()
+            out = compiled(x.masked_fill(mask == 0, float("nan")), mask.clone())
+            torch.testing.assert_close(out, net(x, mask), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["PartialUNet", "GatedUNet"])
