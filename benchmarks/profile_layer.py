@@ -2,8 +2,9 @@
 
 Run: ``python -m benchmarks.profile_layer [--size 64] [--batch 2] [--channels 16] [--backward] [--device cuda]``;
 ``--network`` profiles ``PartialUNet`` against MONAI ``UNet`` (channels 16-128, one residual unit) instead, and
-``--compile`` runs both through ``torch.compile`` (inductor's generated kernels then show as one
-``CompiledFxGraph`` row per network: the elementwise and reduction work around the convolutions).
+``--compile`` runs both through ``torch.compile`` (each of inductor's generated kernels then shows as its own
+row, and a summary splits the time per call into convolutions, generated kernels and the mask-statistics
+operator).
 
 One ``PartialConv3d(k=3, pad=1)`` against the ``nn.Conv3d`` it wraps, each call given a fresh single-channel
 mask (random holes plus two dropped slices, as ``benchmarks/bench_partial_conv.py``). Prints, for both layers,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch._inductor.config
 import torch.nn as nn
 from monai.networks.nets import UNet
 from torch.profiler import ProfilerActivity, profile
@@ -49,6 +51,7 @@ def main() -> None:
     partial.load_state_dict(conv.state_dict())
     conv, partial = conv.to(args.device), partial.to(args.device)
     if args.compile:
+        torch._inductor.config.cpp.enable_kernel_profile = True  # each generated kernel its own profiler row
         conv, partial = torch.compile(conv), torch.compile(partial)
     x = torch.randn(n, c_in, s, s, s, device=args.device, requires_grad=args.backward)
     g = torch.randn(n, c_out, s, s, s, device=args.device)
@@ -74,6 +77,25 @@ def main() -> None:
         what = f"{'forward+backward' if args.backward else 'forward'}{', compiled' if args.compile else ''}"
         print(f"## {name}: {n}x{c_in}x{s}³, {what}, {args.reps} calls\n")
         print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+        if args.compile:
+            print(where_time_goes(prof, args.reps))
+
+
+def where_time_goes(prof: profile, reps: int) -> str:
+    """Milliseconds per call by kind: convolutions, inductor's generated kernels, the mask-statistics operator
+    (``pconv3d::window_stats``, with the aten ops it runs) and the compiled graph in all (CPU times)."""
+    kinds = {"convolutions": 0.0, "generated kernels": 0.0, "pconv3d::window_stats": 0.0, "compiled graph in all": 0.0}
+    for e in prof.key_averages():
+        if e.key in ("aten::mkldnn_convolution", "aten::_convolution", "aten::slow_conv3d_forward"):
+            kinds["convolutions"] += e.self_cpu_time_total
+        elif e.key.startswith("graph_"):  # one row per kernel (inductor's cpp.enable_kernel_profile)
+            kinds["generated kernels"] += e.self_cpu_time_total
+        elif e.key == "pconv3d::window_stats":
+            kinds["pconv3d::window_stats"] += e.cpu_time_total
+        elif e.key.startswith("## Call CompiledFxGraph"):
+            kinds["compiled graph in all"] += e.cpu_time_total
+    rows = "\n".join(f"| {k} | {v / reps / 1000:.1f} |" for k, v in kinds.items())
+    return f"| per call | ms |\n|---|---:|\n{rows}\n"
 
 
 if __name__ == "__main__":
