@@ -45,10 +45,15 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """A mask as window weights: floating masks as they are, bool/integer ones as 1 wherever nonzero."""
+def _weights(mask: Tensor, dtype: torch.dtype, count_bytes: bool) -> Tensor:
+    """A mask as window weights: floating masks as they are; bool/integer ones as 1 wherever nonzero, as
+    bytes if ``count_bytes`` (every window sum fits in one: a quarter of the memory traffic), else ``dtype``."""
     mask = mask.detach()
-    return mask.to(dtype) if mask.is_floating_point() else (mask != 0).to(dtype)
+    if mask.is_floating_point():
+        return mask.to(dtype)
+    if count_bytes and not _exporting():  # exported graphs count with a convolution, in floating point
+        return mask.view(torch.uint8) if mask.dtype == torch.bool else (mask != 0).view(torch.uint8)
+    return (mask != 0).to(dtype)
 
 
 def window_sum(
@@ -311,25 +316,27 @@ class Windows:
         full = torch.zeros(0)
         if mask is None or self.transposed:
             full = _outer(self.line_sums(spatial, dtype, device))
+        per_group = 1 if mask is None else mask.shape[1] // groups
+        winsize = float(per_group)
+        for k in self.kernel_size:
+            winsize *= k
         if mask is None:
             s = full
         else:
-            m = _weights(mask, dtype)
+            m = _weights(mask, dtype, winsize <= 255)
             if m.shape[1] > 1:
                 # a window of a group spans all of the group's input channels: sum them before sliding
-                m = m.reshape([m.shape[0], groups, m.shape[1] // groups] + list(m.shape[2:])).sum(2)
+                m = m.reshape([m.shape[0], groups, per_group] + list(m.shape[2:])).sum(2, dtype=m.dtype)
             s = self.sums(m)
+        numerator = full if self.transposed else torch.full([], winsize, dtype=dtype, device=s.device)
+        if not s.is_floating_point():
+            # integer counts: ratio = F / max(S, 1) where S > 0, 0 elsewhere (exactly rounded)
+            valid = s.clamp_max(1).to(dtype)
+            return MaskStats(torch.div(numerator, s.clamp_min(1)).mul_(valid), valid)
         # valid = [S > 0] (S is never negative); ratio = valid * F / (S + 1 - valid): F / S exactly rounded
         # where S > 0 and 0 elsewhere, in cheap passes (torch.where is a slow one on the CPU)
         valid = s.sign()
-        if self.transposed:
-            numerator = valid * full
-        else:
-            winsize = 1.0 if mask is None else float(mask.shape[1] // groups)
-            for k in self.kernel_size:
-                winsize *= k
-            numerator = valid * winsize
-        ratio = numerator.div_(torch.rsub(valid, 1.0).add_(s))
+        ratio = torch.mul(valid, numerator).div_(torch.rsub(valid, 1.0).add_(s))
         return MaskStats(ratio, valid)
 
 

@@ -126,11 +126,13 @@ class PartialConvBase:
                 key = (self.windows.key, tuple(spatial), dtype, device)
                 stats = mask_in.call_memo(key, full_stats, self.windows, spatial, dtype, device)
             everywhere = stats is not None
-            if stats is None and mask is not None and not full and _compiling_not_exporting():
-                stats = graph_stats(self.windows, mask, groups, dtype)
-            elif stats is None:
-                stats = self.windows.stats(None if full else mask, spatial, groups, dtype, device)
-                everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
+            if stats is None:
+                counted = None if full else _counted(mask_in)
+                if counted is not None and _compiling_not_exporting():
+                    stats = graph_stats(self.windows, counted, groups, dtype)
+                else:
+                    stats = self.windows.stats(counted, spatial, groups, dtype, device)
+                    everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
         stats, mask_out = self._mask_out(input, stats, groups)
         return _Step(stats, everywhere, mask_out, mask_in)
 
@@ -193,6 +195,13 @@ class _Step:
         carrier = self.carrier()
         self._held, self._handed = None, weakref.ref(carrier)
         return carrier
+
+
+def _counted(mask: Mask) -> Optional[Tensor]:
+    """The mask as its windows are counted: a floating one known to hold only 0 and 1 as bool, which
+    :meth:`~pconv3d.mask_stats.Windows.stats` counts in bytes."""
+    t = mask.tensor
+    return t != 0 if t is not None and t.is_floating_point() and mask.binary else t
 
 
 def _compiling_not_exporting() -> bool:
