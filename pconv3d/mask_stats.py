@@ -5,10 +5,11 @@ number of mask elements in it. Partial convolution rescales by ``ratio = winsize
 zeroes the output where ``S == 0``; the updated mask is ``valid = [S > 0]``. A transposed convolution
 rescales by ``F / S`` instead, ``F`` being ``S`` for an all-valid input.
 
-A layer's window geometry is one :class:`Windows` object, built with the layer. Statistics are computed
-in float32 (float64 for float64 inputs), never with an epsilon; nothing is kept here: a
-:class:`~pconv3d.mask.Mask` carrier keeps them for the call it serves. :func:`renormalize` applies them to
-a convolution's output.
+A layer's window geometry is one :class:`Windows` object, built with the layer; :func:`window_stats` gives
+its statistics (one opaque operator inside ``torch.compile``). Window sums of binary masks are counted in
+bytes, of weights in float32 (float64 for float64 inputs); ratios are float32 (float64), never computed with
+an epsilon. Nothing is kept here: a :class:`~pconv3d.mask.Mask` carrier keeps them for the call it serves.
+:func:`renormalize` applies them to a convolution's output.
 """
 
 
@@ -25,6 +26,7 @@ __all__ = [
     "MaskStats",
     "Windows",
     "full_stats",
+    "window_stats",
     "window_sum",
     "transposed_window_sum",
     "stat_dtype",
@@ -399,9 +401,14 @@ def _(mask, kernel_size, stride, padding, dilation, pre_pad, pad_mode, output_pa
     return mask.new_empty(shape, dtype=dtype), mask.new_empty(shape, dtype=dtype)
 
 
-def graph_stats(windows: Windows, mask: Tensor, groups: int, dtype: torch.dtype) -> MaskStats:
-    """:meth:`Windows.stats` of ``mask`` as one operator (``pconv3d::window_stats``): what compiled graphs
-    call, so that the statistics are computed once per mask and read, not recomputed, by what follows."""
+def window_stats(
+    windows: Windows, mask: Optional[Tensor], spatial: List[int], groups: int, dtype: torch.dtype, device: torch.device
+) -> MaskStats:
+    """A layer's statistics, :meth:`Windows.stats` (same arguments). Inside ``torch.compile`` they are one
+    operator, ``pconv3d::window_stats``, which the compiler calls rather than inlines: computed once per mask
+    and geometry, then read by what follows. Exported graphs (``torch.export``, ONNX) keep standard operators."""
+    if mask is None or not torch.compiler.is_compiling() or _exporting():
+        return windows.stats(mask, spatial, groups, dtype, device)
     w = windows
     ratio, valid = torch.ops.pconv3d.window_stats(
         mask, w.kernel_size, w.stride, w.padding, w.dilation, w.pre_pad, w.pad_mode, w.output_padding, w.transposed,

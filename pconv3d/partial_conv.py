@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from pconv3d.mask import Mask, as_given, tensor_of
-from pconv3d.mask_stats import MaskStats, Windows, full_stats, graph_stats, renormalize, stat_dtype
+from pconv3d.mask_stats import MaskStats, Windows, full_stats, renormalize, stat_dtype, window_stats
 from pconv3d.masking import apply_mask
 
 __all__ = ["PartialConvBase", "PartialConv1d", "PartialConv2d", "PartialConv3d"]
@@ -127,12 +127,8 @@ class PartialConvBase:
                 stats = mask_in.call_memo(key, full_stats, self.windows, spatial, dtype, device)
             everywhere = stats is not None
             if stats is None:
-                counted = None if full else _counted(mask_in)
-                if counted is not None and _compiling_not_exporting():
-                    stats = graph_stats(self.windows, counted, groups, dtype)
-                else:
-                    stats = self.windows.stats(counted, spatial, groups, dtype, device)
-                    everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
+                stats = window_stats(self.windows, None if full else _counted(mask_in), spatial, groups, dtype, device)
+                everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
         stats, mask_out = self._mask_out(input, stats, groups)
         return _Step(stats, everywhere, mask_out, mask_in)
 
@@ -202,11 +198,6 @@ def _counted(mask: Mask) -> Optional[Tensor]:
     :meth:`~pconv3d.mask_stats.Windows.stats` counts in bytes."""
     t = mask.tensor
     return t != 0 if t is not None and t.is_floating_point() and mask.binary else t
-
-
-def _compiling_not_exporting() -> bool:
-    """Inside ``torch.compile`` (not ``torch.export``, whose programs must stay in standard operators)."""
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
 
 
 def _vouch(out: Tensor, mask_out: Tensor) -> Tensor:

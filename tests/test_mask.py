@@ -306,6 +306,47 @@ def test_gradcam_on_a_partial_convolution_of_a_partial_unet():
     assert heat.shape == (1, 1, 32, 32, 32) and torch.isfinite(heat).all() and heat.max() > 0
 
 
+def _random_windows(g: torch.Generator, transposed: bool) -> Windows:
+    k, s, d = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 5), (1, 4), (1, 3)))
+    if transposed:
+        op = int(torch.randint(0, max(s, d), (1,), generator=g))
+        return Windows([k, 3, 2], [s, 1, 2], [k // 2, 1, 0], [d, 1, 1], [], "constant", [op, 0, 1], True)
+    mode = ["constant", "reflect", "replicate", "circular"][int(torch.randint(0, 4, (1,), generator=g))]
+    return Windows([k, 3, 2], [s, 1, 2], [0, 0, 0], [d, 1, 1], [1, 0, 2, 1, k // 2, k // 2], mode, [0, 0, 0], False)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
+def test_counting_in_bytes_compiled_and_exported_equal_the_float_count(transposed):
+    """Binary masks are counted in bytes (up to 255 per window, else in floating point), the compiled graph
+    calls pconv3d::window_stats, exported programs use standard operators: all give the float count's
+    statistics exactly, for single-channel and grouped multi-channel masks."""
+    from pconv3d.mask_stats import window_stats
+
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    g = torch.Generator().manual_seed(0)
+    torch._dynamo.reset()
+    for trial in range(12):
+        w = _random_windows(g, transposed)
+        channels, groups = [(1, 1), (4, 2), (40, 1)][trial % 3]  # 40 channels: some windows count past 255
+        m = torch.rand(2, channels, 7, 6, 5, generator=g) > 0.6
+        spatial = list(m.shape[2:])
+        want = w.stats(m.float(), spatial, groups, torch.float64, m.device)
+        compiled = torch.compile(window_stats, backend=keep_graph, fullgraph=True)
+        for got in (w.stats(m, spatial, groups, torch.float64, m.device),
+                    compiled(w, m, spatial, groups, torch.float64, m.device)):
+            assert torch.equal(got.ratio, want.ratio) and torch.equal(got.valid, want.valid)
+    torch._dynamo.reset()
+    assert graphs and all("pconv3d.window_stats" in graph for graph in graphs)
+    layer = PartialConv3d(1, 2, 3, stride=2, padding=1)
+    exported = torch.export.export(layer, (torch.randn(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8) > 0.5))
+    assert "pconv3d" not in str(exported.graph)
+
+
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
 def test_full_stats_from_host_counts_equal_the_counted_ones(transposed):
     from pconv3d.mask_stats import full_stats
