@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pconv3d.mask import Mask
 from pconv3d.masking import apply_mask
 
 __all__ = [
@@ -388,7 +389,15 @@ def _window_stats_op(
     dtype: torch.dtype,
 ) -> Tuple[Tensor, Tensor]:
     windows = Windows(kernel_size, stride, padding, dilation, pre_pad, pad_mode, output_padding, transposed)
-    ratio, valid = windows.stats(mask, list(mask.shape[2:]), groups, dtype, mask.device)
+    spatial = list(mask.shape[2:])
+    # the graph cannot depend on the mask's values, this operator can: a mask that is all valid (read where
+    # that costs no device synchronisation, see Mask) has the statistics of its geometry, as in eager mode
+    if mask.shape[1] == 1 and Mask(mask).all_valid:
+        full = full_stats(windows, spatial, dtype, mask.device)
+        if full is not None:
+            shape = [mask.shape[0], 1] + list(full.ratio.shape[2:])
+            return full.ratio.expand(shape).contiguous(), full.valid.expand(shape).contiguous()
+    ratio, valid = windows.stats(mask, spatial, groups, dtype, mask.device)
     return ratio, valid
 
 
