@@ -329,7 +329,11 @@ def check_architecture(network: torch.nn.Module, state: Mapping[str, torch.Tenso
 
 def load_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load ``path``'s weights into ``network`` strictly; a clear error when the architectures differ."""
-    state = load_checkpoint(path)["network"]
+    return _load_weights(network, load_checkpoint(path), path)
+
+
+def _load_weights(network: torch.nn.Module, checkpoint: dict, path: str | os.PathLike) -> torch.nn.Module:
+    state = checkpoint["network"]
     check_architecture(network, state, path)
     network.load_state_dict(state)
     return network.eval()
@@ -350,10 +354,11 @@ def init_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
 
 def network_from_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     """The network a checkpoint records (its ``network_def``), with the checkpoint's weights, in eval mode."""
-    network_def = load_checkpoint(path).get("network_def")
+    checkpoint = load_checkpoint(path)  # read once: checkpoints can be large
+    network_def = checkpoint.get("network_def")
     if not network_def:
         raise ValueError(f"{path} records no network_def; build the network from a config and use load_network")
-    return load_network(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), path)
+    return _load_weights(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), checkpoint, path)
 
 
 __all__ = ["RunCheckpointSaver", "RunCheckpointLoader", "MetricsLog", "atomic_save", "load_checkpoint", "check_architecture", "init_network", "load_network",
