@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.study import CANDIDATES, METHODS, PARTIAL, PATTERNS, study_data, score_network, train
+from pipelines.study import CANDIDATES, METHODS, PARTIAL, PATTERNS, PLAIN, study_data, score_network, train
 
-UNET = "monai.networks.nets.UNet"
 # name -> training-config overrides; every variant spells out its input switches (see pipelines.study.METHODS)
 VARIANTS: dict[str, dict] = {
     "unet_interp": METHODS["unet_interp"].overrides,
@@ -24,11 +23,9 @@ VARIANTS: dict[str, dict] = {
     "partial_noholes": {**METHODS["partial"].overrides, "simulate_holes": False},
     "partial_soft": METHODS["partial_soft"].overrides,
     "partial_soft_channel": {**PARTIAL, "fill_missing": "soft", "mask_as_channel": True},
-    "gated_interp": {"network_def#_target_": "pconv3d.networks.GatedUNet", "mask_input": False,
-                     "fill_missing": "interpolate", "mask_as_channel": True},
-    "gated_soft": {"network_def#_target_": "pconv3d.networks.GatedUNet", "mask_input": False, "fill_missing": "soft",
-                   "mask_as_channel": True},
-    "unet_soft_channel": {"network_def#_target_": UNET, "mask_input": False, "fill_missing": "soft", "mask_as_channel": True},
+    "gated_interp": {**METHODS["gated"].overrides, "fill_missing": "interpolate"},
+    "gated_soft": METHODS["gated"].overrides,
+    "unet_soft_channel": {**PLAIN, "fill_missing": "soft", "mask_as_channel": True},
 }
 # GatedUNet with holes simulated less often: does the gap with nothing missing close, and what do the holes lose?
 VARIANTS["gated_half"] = {**VARIANTS["gated_soft"], "drop_slices": {"prob": 0.5, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},

@@ -76,10 +76,9 @@ METHODS: dict[str, Method] = {
     "unet_interp_noholes": Method("UNet, interpolated, trained on complete volumes", {
         **PLAIN, "fill_missing": "interpolate"}, True, ("none",)),
     "unet_interp_channel": Method("UNet, interpolated + mask channel", {
-        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "interpolate", "mask_as_channel": True}, True),
+        **PLAIN, "fill_missing": "interpolate", "mask_as_channel": True}, True),
     "unet_wide_soft_channel": Method("UNet (GatedUNet's size), interpolated + confidence channel", {
-        "network_def#_target_": UNET, "mask_input": False, "fill_missing": "soft", "mask_as_channel": True,
-        "network_def#channels": [22, 44, 88, 176]}, True),
+        **PLAIN, "fill_missing": "soft", "mask_as_channel": True, "network_def#channels": [22, 44, 88, 176]}, True),
     "partial": Method("PartialUNet + mask", {**PARTIAL, "fill_missing": None}),
     "partial_soft": Method("PartialUNet, interpolated + soft mask", {**PARTIAL, "fill_missing": "soft"}),
     "gated": Method("GatedUNet, interpolated + confidence channel", {
