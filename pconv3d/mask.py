@@ -146,7 +146,8 @@ class Mask:
                 and self.binary)
 
     def memo(self, key: Hashable, compute: Callable[..., Any], *args: Any) -> Any:
-        """``compute(*args)``, once per ``key`` for this carrier: the window statistics of each geometry."""
+        """``compute(*args)``, once per ``key`` for this carrier: the window statistics of each geometry, the
+        mask as they count it."""
         found = self._memo.get(key)
         if found is None:
             found = self._memo[key] = compute(*args)

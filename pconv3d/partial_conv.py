@@ -127,7 +127,8 @@ class PartialConvBase:
                 stats = mask_in.call_memo(key, full_stats, self.windows, spatial, dtype, device)
             everywhere = stats is not None
             if stats is None:
-                stats = window_stats(self.windows, None if full else _counted(mask_in), spatial, groups, dtype, device)
+                counted = None if full else mask_in.memo("counted", _counted, mask_in)  # once for every geometry
+                stats = window_stats(self.windows, counted, spatial, groups, dtype, device)
                 everywhere = Mask(stats.valid, binary=True).all_valid  # read on the CPU only, else unknown
         stats, mask_out = self._mask_out(input, stats, groups)
         return _Step(stats, everywhere, mask_out, mask_in)
