@@ -37,6 +37,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver, MetricLogger, from
 from monai.handlers.metric_logger import MetricLoggerKeys
 
 from pconv3d.io.sitk import atomic_write
+from pipelines import records
 
 LAST, BEST = "last.pt", "best.pt"
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
@@ -298,16 +299,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-# what every config before ``input_def`` was recorded gave the network: the image with holes at 0, and the mask
-EARLIER_INPUT_DEF = {"mask_input": True, "fill_missing": None, "mask_as_channel": False}
-
-
-def input_def(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint's network is given (``mask_input``, ``fill_missing``, ``mask_as_channel``, ...): as
-    recorded, or for a checkpoint from before that was recorded, what every earlier config gave it."""
-    return dict(checkpoint.get("input_def") or EARLIER_INPUT_DEF)
-
-
 def check_architecture(network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
                        may_miss: Sequence[str] = ()) -> None:
     """Raise a ``ValueError`` naming the keys or shapes that differ unless ``state`` (from ``path``) fits
@@ -353,12 +344,13 @@ def init_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
 
 
 def network_from_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
-    """The network a checkpoint records (its ``network_def``), with the checkpoint's weights, in eval mode."""
+    """The network a checkpoint records (its ``network_def``, checked by :func:`pipelines.records.network_def`),
+    with the checkpoint's weights, in eval mode."""
     checkpoint = load_checkpoint(path)  # read once: checkpoints can be large
-    network_def = checkpoint.get("network_def")
-    if not network_def:
+    config = records.network_def(checkpoint, path)
+    if config is None:
         raise ValueError(f"{path} records no network_def; build the network from a config and use load_network")
-    return _load_weights(ConfigParser({"network_def": network_def}).get_parsed_content("network_def"), checkpoint, path)
+    return _load_weights(ConfigParser({"network_def": config}).get_parsed_content("network_def"), checkpoint, path)
 
 
 __all__ = ["RunCheckpointSaver", "RunCheckpointLoader", "MetricsLog", "atomic_save", "load_checkpoint", "check_architecture", "init_network", "load_network",

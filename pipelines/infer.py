@@ -20,7 +20,8 @@ from pconv3d.io.datalist import load_folder
 from pconv3d.io.save import output_path
 from pipelines.arguments import positive_int
 from pipelines.bundle import add_common_arguments, common_overrides, run_workflow
-from pipelines.handlers import input_def, load_checkpoint
+from pipelines import records
+from pipelines.handlers import load_checkpoint
 from pipelines.inputs import check_cases
 
 
@@ -96,14 +97,19 @@ def check_inference(
 
 def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
     """Config overrides for a checkpoint: its path, the architecture it was trained with and what its network
-    is given (``input_def``: mask input, hole filling, mask channel), where it records them and ``extra``
-    does not override them itself."""
+    is given (mask input, hole filling, mask channel), where it records them and ``extra`` does not override
+    them itself. A plain ``state_dict`` in a bundle's ``models/`` folder takes them from the bundle's config.
+
+    Only those records reach the config, and only after :mod:`pipelines.records` checked them: a model file
+    is data, never code."""
     ckpt = load_checkpoint(model_path)
-    overrides: dict[str, Any] = {"model_path": model_path}
     given = {key[2:].split("#")[0] for key in extra if key.startswith("--")}
-    recorded = {"network_def": ckpt.get("network_def"), **input_def(ckpt)}
-    overrides.update({k: v for k, v in recorded.items() if k not in given and (k != "network_def" or v)})
-    return overrides
+    if ckpt.keys() == {"network"}:  # a plain state_dict: a bundle's own record, else the config decides
+        recorded = records.bundle_record(model_path) if "network_def" not in given else {}
+    else:
+        network = records.network_def(ckpt, model_path) if "network_def" not in given else None
+        recorded = {**({"network_def": network} if network else {}), **records.input_def(ckpt, model_path)}
+    return {"model_path": model_path, **{k: v for k, v in recorded.items() if k not in given}}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,8 @@ import yaml
 
 from pconv3d.io.sitk import atomic_write
 from pipelines.config import CONFIG_DIR
-from pipelines.handlers import BEST, atomic_save, input_def, load_checkpoint
+from pipelines import records
+from pipelines.handlers import BEST, atomic_save, load_checkpoint
 
 __all__ = ["write_bundle", "MODEL"]
 
@@ -67,7 +68,7 @@ def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) 
     are written atomically and replace the bundle files of this run only."""
     out, root = Path(output_dir), Path(bundle_root) if bundle_root is not None else CONFIG_DIR.parent
     ckpt = load_checkpoint(out / BEST)
-    network_def, given = ckpt.get("network_def"), input_def(ckpt)
+    network_def, given = records.network_def(ckpt, out / BEST), records.input_def(ckpt, out / BEST)
     # a run started by `python -m monai.bundle run` records no network_def: its configs are the bundle's as they are
     trained = {"network_def": network_def, **given} if network_def else {}
     (out / MODEL).parent.mkdir(exist_ok=True)

@@ -65,8 +65,8 @@ class RunProgress:
                                                               closing_event_name=closing, state_attributes=shown or None)
             return
         if self.over == "epochs":
-            StatsHandler(iteration_log=False, epoch_log=self._due, state_attributes=shown or None,
-                         name=LOGGER, tag_name="loss").attach(engine)
+            _EpochLog(iteration_log=False, epoch_log=self._due, state_attributes=shown or None,
+                      name=LOGGER, tag_name="loss").attach(engine)
         else:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._log_iteration)
 
@@ -80,6 +80,14 @@ class RunProgress:
         done, total = engine.state.iteration, engine.state.epoch_length
         if done % self.log_every == 0 or done == total:
             get_logger(LOGGER).info(f"{self.desc}: {done}/{total}")
+
+
+class _EpochLog(StatsHandler):
+    """MONAI's ``StatsHandler`` without its log of a failure's traceback: a failure (Ctrl-C included) is reported
+    once, as one line, by :mod:`pipelines.errors`, and a bug keeps the traceback Python prints."""
+
+    def exception_raised(self, _engine: Engine, e: Exception) -> None:
+        raise e
 
 
 def _loss(output: Any) -> float:

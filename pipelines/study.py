@@ -45,8 +45,9 @@ from pconv3d.transforms import DropSlicesd, FillHolesd, MaskedNormalizeIntensity
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms, network_input_transforms
 from pipelines.bundle import run_workflow
 from pipelines.evaluation import score_case
-from pipelines.handlers import BEST, input_def, load_checkpoint, network_from_checkpoint
+from pipelines.handlers import BEST, load_checkpoint, network_from_checkpoint
 from pipelines.outputs import training_state
+from pipelines.records import input_def
 from pipelines.paired import paired_difference
 from pipelines.train import datalist_split
 
@@ -176,7 +177,7 @@ def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fra
 def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions: Sequence[float],
            roi: Sequence[int], num_classes: int) -> list[dict[str, Any]]:
     network = network_from_checkpoint(run / BEST)
-    given = input_def(load_checkpoint(run / BEST))
+    given = input_def(load_checkpoint(run / BEST), run / BEST)
     rows = []
     for pattern in patterns:
         for fraction in fractions:

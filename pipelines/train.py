@@ -38,14 +38,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+LABELLED = ("image", "label")  # what every training and validation case gives
+
+
 def datalist_split(dataset_dir: str, part: str, num_val: int = 2) -> list[dict]:
     """``part`` ("training" or "validation") of ``dataset_dir/dataset.json``: its own ``validation`` list when
     it has one, else the last ``num_val`` training cases held out (they are then not trained on)."""
     path = Path(dataset_dir) / DATASET_JSON
-    training = load_datalist(path, "training")
+    training = load_datalist(path, "training", required=LABELLED)
     try:
-        validation = load_datalist(path, "validation")
-    except ValueError:  # no validation list in the file
+        validation = load_datalist(path, "validation", required=LABELLED)
+    except ValueError as e:  # no validation list in the file
+        if "no 'validation' list" not in str(e):
+            raise
         if len(training) <= num_val:
             raise ValueError(f"{path}: {len(training)} training cases leave none to train on after holding "
                              f"out {num_val} for validation; add a 'validation' list or more cases") from None

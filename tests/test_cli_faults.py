@@ -127,6 +127,19 @@ def test_train_refuses_labels_that_are_not_class_indices(dataset, tmp_path, caps
     assert not out.exists()  # nothing left behind
 
 
+@pytest.mark.parametrize("index", [0, 2])  # a training case, and the one held out for validation (--num_val 1)
+@pytest.mark.parametrize("label", ["absent", None])
+def test_a_case_without_a_label_is_refused_before_training(dataset, tmp_path, capsys, index, label):
+    copy = _copy(dataset, tmp_path / "data")
+    doc = json.loads((copy / "dataset.json").read_text())
+    doc["training"][index].pop("label") if label == "absent" else doc["training"][index].update(label=label)
+    (copy / "dataset.json").write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    code, err = cli(capsys, "train", "--data", copy, "--output", out, "--epochs", "1", *TINY)
+    assert code == 2 and f"training[{index}]: no 'label' file" in err, err
+    assert not out.exists()
+
+
 def test_a_volume_without_any_valid_voxel_is_an_error(dataset, trained, tmp_path, capsys):
     image = _image(dataset)
     nan = _write_like(tmp_path / "in" / "nan.nii.gz", image, np.full(nib.load(image).shape, np.nan, np.float32))
@@ -329,18 +342,19 @@ def test_four_channel_image_and_zero_affine(dataset, trained, tmp_path, capsys):
 def test_ctrl_c_is_one_line_and_exit_130(dataset, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(dataset), "--output", str(out),
-           "--epochs", "50", *TINY]
+           "--epochs", "50", *TINY, "--progress", "true", "--val_interval", "100"]  # progress as log lines
     # a shell's background job ignores SIGINT, and children inherit that: give this one a terminal's default
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "last.pt").exists():
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    log, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[:4000]
     assert err.strip().splitlines() == ["pconv3d train: interrupted"]
+    assert "Traceback" not in log and "Interrupted" not in log, log[-4000:]
     load_checkpoint(out / "last.pt")  # what was saved is whole
 
 

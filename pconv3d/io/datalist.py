@@ -25,7 +25,6 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from monai.config import PathLike
-from monai.data import load_decathlon_datalist
 
 from pconv3d.io.sitk import SUFFIXES, _affine, _is_nifti, _itk_reason, atomic_write, check_nifti_complete, save_volume
 
@@ -226,20 +225,26 @@ def _read_json(path: Path) -> dict:
 
 
 def load_datalist(
-    path: PathLike, section: str = "training", base_dir: PathLike | None = None, check_files: bool = True
+    path: PathLike,
+    section: str = "training",
+    base_dir: PathLike | None = None,
+    check_files: bool = True,
+    required: Sequence[str] = ("image",),
 ) -> list[dict[str, str]]:
     """Read one section of an MSD-style ``dataset.json`` as a list of ``{"image", "label"?, "mask"?}`` dicts:
-    MONAI's ``load_decathlon_datalist``, after checks that name the entry at fault, with ``mask`` paths resolved
-    like the others and every listed file checked to exist.
+    paths joined to the base folder as MONAI's ``load_decathlon_datalist`` joins them (``mask`` too), after
+    checks that name the entry at fault, and every listed file checked to exist.
 
     Args:
         path: the JSON file.
         section: ``training``, ``validation``, ``test`` or any other list in the file.
         base_dir: folder relative paths refer to; default the JSON file's folder.
         check_files: raise ``FileNotFoundError`` for a listed file that does not exist.
+        required: keys every entry must give a file for (``("image", "label")`` for training); a key given as
+            ``null`` counts as absent.
 
     Returns:
-        Entries with absolute paths (other keys of each entry are kept as they are).
+        Entries with absolute paths (other keys of each entry are kept as they are; ``null`` files dropped).
 
     Example:
         >>> train = load_datalist("data/dataset.json", "training")  # doctest: +SKIP
@@ -251,7 +256,8 @@ def load_datalist(
     if not isinstance(doc.get(section), list):
         lists = [k for k, v in doc.items() if isinstance(v, list)]
         raise ValueError(f"{path}: no '{section}' list (lists present: {lists or 'none'})")
-    for i, entry in enumerate(doc[section]):  # clear errors first: MONAI's reader assumes a well-formed file
+    entries = []
+    for i, entry in enumerate(doc[section]):  # clear errors first, naming the entry at fault
         where = f"{path}: {section}[{i}]"
         entry = {"image": entry} if isinstance(entry, str) else entry
         if not isinstance(entry, dict) or "image" not in entry:
@@ -259,15 +265,21 @@ def load_datalist(
         for key in KEYS:
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 raise ValueError(f"{where}.{key}: expected a file path, got {entry[key]!r}")
+        absent = [key for key in required if entry.get(key) is None]
+        if absent:
+            raise ValueError(f"{where}: no '{absent[0]}' file (a {section} case needs {' and '.join(required)}); "
+                             f"got {entry!r}")
+        entries.append({k: v for k, v in entry.items() if not (k in KEYS and v is None)})
     base = Path(base_dir if base_dir is not None else path.parent).resolve()
-    items = load_decathlon_datalist(path, True, section, base) if doc[section] else []
-    for i, item in enumerate(items):
+    items = []
+    for i, entry in enumerate(entries):  # paths joined to the base as MONAI's load_decathlon_datalist joins them
+        item = dict(entry)
         for key in KEYS:
-            if item.get(key) is not None:
-                # MONAI joins other keys than image and label (our masks) to the base only when the file exists
-                item[key] = str(Path(item[key]) if os.path.isabs(item[key]) else base / item[key])
+            if key in item:
+                item[key] = os.path.normpath(base / item[key])
                 if check_files and not Path(item[key]).is_file():
                     raise FileNotFoundError(f"{path}: {section}[{i}].{key}: {item[key]} does not exist")
+        items.append(item)
     return items
 
 
