@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from pconv3d.io.datalist import generated_dataset_settings
 from pipelines.handlers import load_checkpoint
 from pipelines.outputs import completed_epochs
 from tests.cli_helpers import ROOT, TINY, cli, files_under
@@ -72,6 +73,20 @@ def test_train_into_an_earlier_run_is_refused_and_overwrite_replaces_it_whole(da
     assert completed_epochs(out / "best.pt") == 1  # best of this run, not the earlier one's
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_data_into_a_dataset_of_other_settings_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "data"
+    args = ["data", "--kind", "phantom", "--size", "16", "--n-train", "1", "--n-test", "1", "--output", out]
+    assert cli(capsys, *args)[0] == 0
+    assert cli(capsys, *args)[0] == 0  # the same settings: written again
+    before = files_under(out)
+    code, err = cli(capsys, *args, "--n-train", "2", "--seed", "1")
+    assert code == 2 and f"{out}: holds a dataset generated with other settings" in err, err
+    assert "n_train 1 -> 2" in err and "seed 0 -> 1" in err and "--overwrite" in err
+    assert files_under(out) == before
+    assert cli(capsys, *args, "--n-train", "2", "--seed", "1", "--overwrite")[0] == 0
+    assert generated_dataset_settings(out) == {"kind": "phantom", "n_train": 2, "n_test": 1, "size": 16, "seed": 1}
 
 
 def test_run_refuses_a_dataset_of_another_kind(tmp_path, capsys):
