@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -24,8 +25,10 @@ import numpy as np
 import pytest
 import torch
 
+from pconv3d.io import save_volume
 from pconv3d.io.datalist import generated_dataset_settings
 from pipelines.handlers import load_checkpoint
+from pipelines.infer import check_inference
 from pipelines.outputs import completed_epochs
 from tests.cli_helpers import ROOT, TINY, cli, files_under
 
@@ -73,6 +76,21 @@ def test_train_into_an_earlier_run_is_refused_and_overwrite_replaces_it_whole(da
     assert completed_epochs(out / "best.pt") == 1  # best of this run, not the earlier one's
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_inputs_that_would_share_an_output_name_are_refused(dataset, trained, tmp_path, capsys):
+    image = _image(dataset)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(image, folder / "case.nii.gz")
+    shutil.copy(image, folder / "other.nii.gz")
+    save_volume(np.asarray(nib.load(image).dataobj, np.float32), nib.load(image).affine, folder / "case.nrrd")
+    code, err = cli(capsys, "infer", "--model", trained / "best.pt", "--input", folder, "--output", tmp_path / "o")
+    assert code == 2 and "case.nii.gz and case.nrrd: two volumes named case" in err
+    assert not (tmp_path / "o").exists()
+    twins = [{"image": str(_copy(dataset / "imagesTs", tmp_path / d) / image.name)} for d in ("a", "b")]
+    with pytest.raises(ValueError, match=re.escape(f"{twins[0]['image']} and {twins[1]['image']} would both be segmented into")):
+        check_inference(twins, str(tmp_path / "o"), overwrite=True, probabilities=False, in_channels=1)
 
 
 def test_data_into_a_dataset_of_other_settings_is_refused_unless_overwrite(tmp_path, capsys):

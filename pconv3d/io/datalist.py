@@ -293,7 +293,8 @@ def load_folder(folder: PathLike, mask_suffix: str = "_mask") -> list[dict[str, 
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: no volumes in it, or a mask without its image.
+        ValueError: no volumes in it, two volumes of one name (``a.nii.gz`` and ``a.nrrd``: one of them would be
+            left out), or a mask without its image.
 
     Example:
         >>> load_folder("scans/")  # doctest: +SKIP
@@ -306,6 +307,12 @@ def load_folder(folder: PathLike, mask_suffix: str = "_mask") -> list[dict[str, 
     volumes = {p: s for p, s in stems.items() if s is not None}
     if not volumes:
         raise ValueError(f"{folder}: no volumes ({', '.join('.' + s for s in SUFFIXES)}) in this folder")
+    named: dict[str, Path] = {}
+    for p, s in volumes.items():
+        if s in named:
+            raise ValueError(f"{named[s]} and {p.name}: two volumes named {s} in one folder; rename or move one "
+                             "of them")
+        named[s] = p
     is_mask = {p: bool(mask_suffix) and s.endswith(mask_suffix) for p, s in volumes.items()}
     images = {s: {"image": str(p.resolve())} for p, s in volumes.items() if not is_mask[p]}
     for p, s in volumes.items():
