@@ -29,7 +29,7 @@ from pconv3d.io import save_volume
 from pconv3d.io.datalist import generated_dataset_settings
 from pipelines.handlers import load_checkpoint
 from pipelines.infer import check_inference
-from pipelines.outputs import completed_epochs
+from pipelines.outputs import TRAINING_LOCK, completed_epochs
 from tests.cli_helpers import ROOT, TINY, cli, files_under
 
 
@@ -76,6 +76,28 @@ def test_train_into_an_earlier_run_is_refused_and_overwrite_replaces_it_whole(da
     assert completed_epochs(out / "best.pt") == 1  # best of this run, not the earlier one's
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_another_training_writes_is_refused_and_a_killed_one_blocks_nothing(dataset, trained, tmp_path, capsys):
+    out = _copy(trained, tmp_path / "run")
+    holder = subprocess.Popen(  # a training's lock, in a process killed as kill -9 does
+        [sys.executable, "-c", "import sys, time; from pipelines.outputs import lock_training_output; "
+         "lock_training_output(sys.argv[1]); print('held', flush=True); time.sleep(300)", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = files_under(out)
+        for how in ("--resume", "--overwrite"):
+            code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "3", how, *TINY)
+            assert code == 2 and f"another training is writing into {out.resolve()}" in err, err
+        assert files_under(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / TRAINING_LOCK).exists()  # left behind by the killed process, but no longer locked
+    code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "3", "--resume", *TINY)
+    assert code == 0, err
+    assert completed_epochs(out) == 3 and not (out / TRAINING_LOCK).exists()
 
 
 def test_inputs_that_would_share_an_output_name_are_refused(dataset, trained, tmp_path, capsys):
