@@ -13,7 +13,7 @@ from monai.bundle import create_workflow
 
 from pipelines.arguments import device
 from pipelines.config import config_path, load_config, parse_overrides
-from pipelines.outputs import check_writable, removed_if_failed
+from pipelines.outputs import check_writable, removed_if_failed, training_locks_released
 
 
 def add_common_arguments(p: argparse.ArgumentParser, default_config: str) -> None:
@@ -38,7 +38,8 @@ def run_workflow(configs: Sequence[str], overrides: dict[str, Any], extra: Seque
     """Check ``overrides`` + ``--id value`` pairs in ``extra`` against ``configs``, then run the workflow.
 
     The config's ``initialize`` expressions (its input and output checks) run before any long work; an output
-    folder this call creates is removed again if the run fails before writing anything into it.
+    folder this call creates is removed again if the run fails before writing anything into it. The training
+    folder locks the run takes (:func:`pipelines.outputs.lock_training_output`) are released when it ends.
     """
     overrides = {**overrides, **parse_overrides(extra)}
     parser = load_config(configs, overrides)
@@ -49,7 +50,8 @@ def run_workflow(configs: Sequence[str], overrides: dict[str, Any], extra: Seque
     if output_dir is not None:
         check_writable(output_dir)
     files = [config_path(c) for c in configs]
-    with removed_if_failed(output_dir), warnings.catch_warnings():
+    # locks released before a failed run's empty folders are removed: their files go with them
+    with removed_if_failed(output_dir), training_locks_released(), warnings.catch_warnings():
         # the configs are ours or the user's own: MONAI's warning about untrusted configs is not for them
         warnings.filterwarnings("ignore", message=".*is resolved to an importable callable.*")
         workflow = create_workflow(config_file=files, meta_file=str(Path(files[0]).parent / "metadata.json"), **overrides)

@@ -10,7 +10,9 @@
   schedule when the run was resumed with more epochs.
 * :class:`MetricsLog` is MONAI's ``MetricLogger`` that also writes the per-epoch history to ``metrics.csv``
   and ``metrics.json`` after every epoch: MONAI keeps that history in memory only, and its ``MetricsSaver``
-  writes the last evaluation alone. Its state travels in the checkpoints, so a resumed run continues it.
+  writes the last evaluation alone. It records the trainer's loss and the evaluator's metrics, not the
+  trainer's own metrics (the progress bar's running average of the loss is one). Its state travels in the
+  checkpoints, so a resumed run continues it.
 
 Checkpoints are plain dicts loadable with ``torch.load(weights_only=True)``. Every file is written to a
 temporary file in the same folder and renamed over the target, so a run killed at any moment leaves either
@@ -241,13 +243,27 @@ class MetricsLog(MetricLogger):
         # after the validation handler, which runs the evaluator on the same event
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
+    def __call__(self, engine: Engine) -> None:
+        """Record the loss of the trainer's iteration; unlike MONAI's, not the trainer's ``state.metrics``: the
+        progress display keeps a running average of the loss there, which would stand in for the epoch's mean.
+
+        Args:
+            engine: the trainer.
+        """
+        with self.lock:
+            self.iteration = engine.state.iteration
+            self.loss.append((self.iteration, self.loss_transform(engine.state.output)))
+
     def state_dict(self) -> dict[str, Any]:
         # plain keys and containers (MONAI's are an Enum and a defaultdict): checkpoints load with weights_only
         return {"loss": list(self.loss), "metrics": {k: list(v) for k, v in self.metrics.items()},
                 "lr": dict(self.lrs), "epoch_length": self.epoch_length}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict({MetricLoggerKeys.LOSS: list(state["loss"]), MetricLoggerKeys.METRICS: state["metrics"]})
+        # "loss" among the metrics: a run from before __call__ left out the trainer's metrics logged the progress
+        # display's running average there, which would stand in for the epochs' mean loss
+        metrics = {k: v for k, v in state["metrics"].items() if k != "loss"}
+        super().load_state_dict({MetricLoggerKeys.LOSS: list(state["loss"]), MetricLoggerKeys.METRICS: metrics})
         self.lrs, self.epoch_length = dict(state["lr"]), state["epoch_length"]
 
     def rows(self) -> list[dict[str, Any]]:

@@ -80,7 +80,15 @@ def check_inference(
     mask_options: dict[str, Any] | None = None,
 ) -> None:
     """Before any volume is segmented: every case usable by the network (:func:`pipelines.inputs.check_cases`),
-    no output that would land on an input file, and none that exists already unless ``overwrite``."""
+    no two inputs that would be written under one output name, no output that would land on an input file,
+    and none that exists already unless ``overwrite``."""
+    sources: dict[Path, str] = {}
+    for item in datalist:
+        out = output_path(item["image"], output_dir, OUTPUT_POSTFIXES[0]).resolve()
+        if out in sources:
+            raise ValueError(f"{sources[out]} and {item['image']} would both be segmented into {out}; give inputs "
+                             "of distinct file names")
+        sources[out] = item["image"]
     check_cases(datalist, in_channels, mask_options=mask_options)
     inputs = {Path(p).resolve() for item in datalist for p in item.values()}
     clashes = [str(out) for item in datalist for post in OUTPUT_POSTFIXES

@@ -3,13 +3,15 @@ behind by a command that failed.
 
 * :func:`check_writable` asks whether files can be created in a folder without creating it;
 * :func:`removed_if_failed` removes the folders a failed command created, when they are still empty;
-* :func:`prepare_training_output` is the rule for a training folder: a new run needs a folder without an
-  earlier run (``overwrite`` removes that run whole), ``resume`` needs the earlier run's ``last.pt`` and
-  a network of the same architecture.
+* :func:`prepare_training_output` is the rule for a training folder: one training writes there at a time (it
+  holds the folder's lock, :func:`lock_training_output`), a new run needs a folder without an earlier run
+  (``overwrite`` removes that run whole), ``resume`` needs the earlier run's ``last.pt`` and a network of the
+  same architecture.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -73,6 +75,65 @@ def removed_if_failed(*folders: str | os.PathLike | None) -> Iterator[None]:
         raise
 
 
+TRAINING_LOCK = ".training.lock"  # in a training folder while a training writes there; not a run file
+
+# The training locks this process holds, keyed by the folder's resolved path (one key for every spelling of it):
+# the descriptor of the folder's open lock file. No entry can go stale: the lock is the kernel's flock on that
+# descriptor, dropped when the process ends however it ends (kill -9 included), and the training_locks_released
+# block an entry was taken in releases and removes it when the block ends (where no block is open, as under
+# ``python -m monai.bundle run``, the entry lasts as long as the process).
+_LOCKS: dict[Path, int] = {}
+
+
+def lock_training_output(folder: str | os.PathLike) -> None:
+    """Take ``folder``'s training lock (creating the folder) for this process, or raise a :class:`CLIError` when
+    another training holds it; a lock this process holds already is kept.
+
+    Args:
+        folder: the training output folder.
+    """
+    folder = Path(folder).resolve()
+    if folder in _LOCKS:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / TRAINING_LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CLIError(f"another training is writing into {folder}; wait for it to end or choose another "
+                           "--output") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same_file = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            _LOCKS[folder] = fd
+            return
+        os.close(fd)  # its holder removed the file between our open and our lock: lock the path's new file
+
+
+@contextmanager
+def training_locks_released() -> Iterator[None]:
+    """Run a block; when it ends, however it ends, release the training locks taken in it and remove their
+    files (still locked while removed, so a training that opened the old file retries on the path's new one)."""
+    held = set(_LOCKS)
+    try:
+        yield
+    finally:
+        for folder in [f for f in _LOCKS if f not in held]:
+            fd = _LOCKS.pop(folder)
+            try:
+                (folder / TRAINING_LOCK).unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+
+
 def earlier_run_files(folder: str | os.PathLike) -> list[str]:
     """Names of the files and folders of a training run (``last.pt``, ``best.pt``, logs) present in ``folder``."""
     folder = Path(folder)
@@ -116,8 +177,9 @@ def prepare_training_output(
     network: torch.nn.Module,
     epochs: int,
 ) -> None:
-    """Check, before training starts, that ``output_dir`` can take this run; with ``overwrite``, remove an
-    earlier run there. Raises a :class:`CLIError` that says how to go on otherwise.
+    """Check, before training starts, that ``output_dir`` can take this run and lock it for this run
+    (:func:`lock_training_output`); with ``overwrite``, remove an earlier run there. Raises a
+    :class:`CLIError` that says how to go on otherwise.
 
     Args:
         output_dir: the training output folder.
@@ -130,6 +192,7 @@ def prepare_training_output(
     check_writable(out)
     if resume and overwrite:
         raise CLIError("--resume continues the run in the output folder and --overwrite replaces it: give one of them")
+    lock_training_output(out)
     if resume:
         last = out / LAST
         if not last.is_file():

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -24,8 +25,11 @@ import numpy as np
 import pytest
 import torch
 
+from pconv3d.io import save_volume
+from pconv3d.io.datalist import generated_dataset_settings
 from pipelines.handlers import load_checkpoint
-from pipelines.outputs import completed_epochs
+from pipelines.infer import check_inference
+from pipelines.outputs import TRAINING_LOCK, completed_epochs
 from tests.cli_helpers import ROOT, TINY, cli, files_under
 
 
@@ -72,6 +76,57 @@ def test_train_into_an_earlier_run_is_refused_and_overwrite_replaces_it_whole(da
     assert completed_epochs(out / "best.pt") == 1  # best of this run, not the earlier one's
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_another_training_writes_is_refused_and_a_killed_one_blocks_nothing(dataset, trained, tmp_path, capsys):
+    out = _copy(trained, tmp_path / "run")
+    holder = subprocess.Popen(  # a training's lock, in a process killed as kill -9 does
+        [sys.executable, "-c", "import sys, time; from pipelines.outputs import lock_training_output; "
+         "lock_training_output(sys.argv[1]); print('held', flush=True); time.sleep(300)", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = files_under(out)
+        for how in ("--resume", "--overwrite"):
+            code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "3", how, *TINY)
+            assert code == 2 and f"another training is writing into {out.resolve()}" in err, err
+        assert files_under(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / TRAINING_LOCK).exists()  # left behind by the killed process, but no longer locked
+    code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "3", "--resume", *TINY)
+    assert code == 0, err
+    assert completed_epochs(out) == 3 and not (out / TRAINING_LOCK).exists()
+
+
+def test_inputs_that_would_share_an_output_name_are_refused(dataset, trained, tmp_path, capsys):
+    image = _image(dataset)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(image, folder / "case.nii.gz")
+    shutil.copy(image, folder / "other.nii.gz")
+    save_volume(np.asarray(nib.load(image).dataobj, np.float32), nib.load(image).affine, folder / "case.nrrd")
+    code, err = cli(capsys, "infer", "--model", trained / "best.pt", "--input", folder, "--output", tmp_path / "o")
+    assert code == 2 and "case.nii.gz and case.nrrd: two volumes named case" in err
+    assert not (tmp_path / "o").exists()
+    twins = [{"image": str(_copy(dataset / "imagesTs", tmp_path / d) / image.name)} for d in ("a", "b")]
+    with pytest.raises(ValueError, match=re.escape(f"{twins[0]['image']} and {twins[1]['image']} would both be segmented into")):
+        check_inference(twins, str(tmp_path / "o"), overwrite=True, probabilities=False, in_channels=1)
+
+
+def test_data_into_a_dataset_of_other_settings_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "data"
+    args = ["data", "--kind", "phantom", "--size", "16", "--n-train", "1", "--n-test", "1", "--output", out]
+    assert cli(capsys, *args)[0] == 0
+    assert cli(capsys, *args)[0] == 0  # the same settings: written again
+    before = files_under(out)
+    code, err = cli(capsys, *args, "--n-train", "2", "--seed", "1")
+    assert code == 2 and f"{out}: holds a dataset generated with other settings" in err, err
+    assert "n_train 1 -> 2" in err and "seed 0 -> 1" in err and "--overwrite" in err
+    assert files_under(out) == before
+    assert cli(capsys, *args, "--n-train", "2", "--seed", "1", "--overwrite")[0] == 0
+    assert generated_dataset_settings(out) == {"kind": "phantom", "n_train": 2, "n_test": 1, "size": 16, "seed": 1}
 
 
 def test_run_refuses_a_dataset_of_another_kind(tmp_path, capsys):

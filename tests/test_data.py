@@ -78,7 +78,11 @@ def test_regenerating_replaces_our_dataset_and_removes_stale_cases(tmp_path):
     out = tmp_path / "ph"
     make_dataset("phantom", out, n_train=3, n_test=1, size=16)
     first = read_volume_info(out / "imagesTr" / "phantom_tr000.nii.gz")
-    make_dataset("phantom", out, n_train=2, n_test=1, size=16)  # a dataset of ours: no --overwrite needed
+    make_dataset("phantom", out, n_train=3, n_test=1, size=16)  # the same dataset of ours: no overwrite needed
+    with pytest.raises(FileExistsError, match=r"ph: holds a dataset generated with other settings \(n_train 3 -> 2\)"):
+        make_dataset("phantom", out, n_train=2, n_test=1, size=16)
+    assert (out / "imagesTr" / "phantom_tr002.nii.gz").exists()
+    make_dataset("phantom", out, n_train=2, n_test=1, size=16, overwrite=True)
     assert not (out / "imagesTr" / "phantom_tr002.nii.gz").exists()
     assert read_volume_info(out / "imagesTr" / "phantom_tr000.nii.gz").shape == first.shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ph"]  # no staging leftovers

@@ -268,3 +268,14 @@ def test_load_folder_pairs_masks_and_skips_other_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no volumes"):
         load_folder(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("names, message", [
+    (("a.nii.gz", "a.nrrd"), "a.nii.gz and a.nrrd: two volumes named a in one folder"),
+    (("a.nii.gz", "a_mask.mha", "a_mask.nii.gz"), "a_mask.mha and a_mask.nii.gz: two volumes named a_mask in one folder"),
+])
+def test_load_folder_refuses_two_volumes_of_one_name(tmp_path, names, message):
+    for name in names:
+        save_volume(np.zeros((4, 4, 4), np.float32), np.eye(4), tmp_path / name)
+    with pytest.raises(ValueError, match=message):
+        load_folder(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -18,9 +19,9 @@ import torch
 
 from pconv3d.networks import PartialUNet
 from pipelines.cli import main
-from pipelines.handlers import load_checkpoint
+from pipelines.handlers import MetricsLog, load_checkpoint
 from pipelines.outputs import completed_epochs
-from tests.cli_helpers import ROOT, TINY, files_under
+from tests.cli_helpers import ROOT, TINY, cli, files_under
 
 def test_train_writes_loadable_checkpoints_and_logs(trained):
     best, last = load_checkpoint(trained / "best.pt"), torch.load(trained / "last.pt", weights_only=True)
@@ -46,6 +47,24 @@ def test_resume_continues_after_the_last_completed_epoch(dataset, trained, tmp_p
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     after = torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"]
     assert after == before * 3 // 2  # one more epoch of the same length, not a restart
+
+
+def test_the_logged_loss_is_each_epochs_mean_whatever_the_progress_display(dataset, trained, tmp_path, capsys):
+    shown = tmp_path / "shown"  # as `trained`, with the progress display (a running average of the loss) on
+    code, err = cli(capsys, "train", "--data", dataset, "--output", shown, "--epochs", "2", *TINY, "--progress", "true")
+    assert code == 0, err
+    log = torch.load(trained / "last.pt", weights_only=True)["metrics_log"]
+    means = [np.mean([v for it, v in log["loss"] if (it - 1) // log["epoch_length"] == e]) for e in (0, 1)]
+    for run in (trained, shown):
+        with (run / "metrics.csv").open() as f:
+            assert [float(r["loss"]) for r in csv.DictReader(f)] == pytest.approx(means, rel=1e-6), run.name
+
+
+def test_a_log_of_a_run_that_logged_the_running_average_gives_the_mean_loss(tmp_path):
+    log = MetricsLog(str(tmp_path), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+    log.load_state_dict({"loss": [[1, 1.0], [2, 3.0]], "metrics": {"loss": [[1, 9.0], [2, 9.0]], "val_mean_dice": [[2, 0.5]]},
+                         "lr": {1: 0.1}, "epoch_length": 2})
+    assert log.rows() == [{"epoch": 1, "lr": 0.1, "loss": 2.0, "val_mean_dice": 0.5}]
 
 
 def test_killed_mid_epoch_then_resumed_loses_nothing(dataset, tmp_path):

@@ -30,19 +30,22 @@ def make_dataset(
 
     Args:
         kind: ``"mni"`` or ``"phantom"``.
-        output: destination folder: missing, empty, or a dataset generated earlier (``overwrite`` for others).
+        output: destination folder: missing, empty, or a dataset generated earlier with the same arguments
+            (``overwrite`` for others).
         n_train: number of training cases (at least 1).
         n_test: number of test cases (0 or more).
         size: voxels per axis (``mni``: ``size``-cubed grid of ``192 / size`` mm; ``phantom``: in-plane).
         seed: dataset seed; training and test cases use independent streams of it.
-        overwrite: allow writing into a non-empty folder that is not a generated dataset.
+        overwrite: replace a dataset generated with other arguments; allow writing into a non-empty folder that
+            is not a generated dataset.
 
     Returns:
         Path of the written ``dataset.json``.
 
     Raises:
         ValueError: bad arguments.
-        FileExistsError: ``output`` is a file or a non-empty foreign folder (without ``overwrite``).
+        FileExistsError: ``output`` is a file, or (without ``overwrite``) a dataset generated with other
+            arguments or a non-empty foreign folder.
 
     Example:
         >>> make_dataset("phantom", "data/phantom", n_train=2, n_test=1, size=32)  # doctest: +SKIP
