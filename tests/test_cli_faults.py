@@ -49,11 +49,12 @@ def _write_like(path: Path, reference: Path, data: np.ndarray, affine: np.ndarra
     return path
 
 
-def _dataset_with_label(dataset: Path, tmp_path: Path, values) -> Path:
-    """A copy of ``dataset`` whose first training label is replaced by ``values(label)``."""
+def _dataset_with_label(dataset: Path, tmp_path: Path, values, case: int = 0) -> Path:
+    """A copy of ``dataset`` whose training label ``case`` (default the first; -1, the last, is the validation
+    case with ``--num_val 1``) is replaced by ``values(label)``."""
     copy = _copy(dataset, tmp_path / "data")
     doc = json.loads((copy / "dataset.json").read_text())
-    label = copy / doc["training"][0]["label"]
+    label = copy / doc["training"][case]["label"]
     data = np.asarray(nib.load(label).dataobj)
     _write_like(label, label, values(data))
     return copy
@@ -193,6 +194,16 @@ def test_a_case_without_a_label_is_refused_before_training(dataset, tmp_path, ca
     code, err = cli(capsys, "train", "--data", copy, "--output", out, "--epochs", "1", *TINY)
     assert code == 2 and f"training[{index}]: no 'label' file" in err, err
     assert not out.exists()
+
+
+def test_unannotated_voxels_in_a_validation_label_are_left_out_of_its_dice(dataset, tmp_path, capsys):
+    half = lambda d: np.where(np.arange(d.shape[0])[:, None, None] < d.shape[0] // 2, 255, d).astype(np.uint8)
+    data = _dataset_with_label(dataset, tmp_path, half, case=-1)
+    out = tmp_path / "run"
+    code, err = cli(capsys, "train", "--data", data, "--output", out, "--epochs", "1", *TINY)
+    assert code == 0, err
+    assert (out / "best.pt").is_file()
+    assert 0 <= json.loads((out / "metrics.json").read_text())[0]["val_mean_dice"] <= 1
 
 
 def test_a_volume_without_any_valid_voxel_is_an_error(dataset, trained, tmp_path, capsys):

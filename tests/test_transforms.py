@@ -27,6 +27,7 @@ from pconv3d.transforms import (
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentiles,
     MaskedScaleIntensityRangePercentilesd,
+    OneHotAnnotated,
     RandDropSlicesd,
     RandMaskRegionsd,
     ValidFgBgToIndices,
@@ -221,6 +222,36 @@ def test_valid_fg_bg_indices_cover_exactly_the_valid_voxels():
     with pytest.warns(UserWarning, match="no valid voxel"):
         fg, bg = ValidFgBgToIndices()(torch.as_tensor(label), torch.zeros(1, 9, 8, 7))
     assert len(fg) + len(bg) == label.size
+
+
+
+# ---------------------------------------------------------------- one-hot labels with unannotated voxels
+
+
+def test_one_hot_annotated_is_zero_where_unannotated_and_keeps_the_grid():
+    label = meta_image(np.array([2.0, 255, 0, 1]).reshape(4, 1, 1))
+    onehot = OneHotAnnotated(3, ignore_index=255)(label)
+    expected = [[0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]]  # channel by channel; voxel 1 unannotated
+    assert onehot[..., 0, 0].tolist() == expected and onehot.dtype == torch.float32
+    assert isinstance(onehot, MetaTensor) and np.allclose(onehot.affine, AFFINE)
+    assert isinstance(OneHotAnnotated(3)(np.zeros((1, 2, 2, 2))), np.ndarray)
+    with pytest.raises(ValueError, match="expected one channel of class indices"):
+        OneHotAnnotated(3)(torch.zeros(3, 2, 2, 2))
+
+
+def test_validation_dice_of_train_yaml_leaves_unannotated_voxels_out():
+    from monai.metrics import DiceMetric
+
+    from pipelines.config import load_config
+
+    post = load_config(["train.yaml"], {"num_classes": 3}).get_parsed_content("validate#postprocessing")
+    label = torch.tensor([1.0, 1, 0, 2, 255, 255]).reshape(1, 6, 1, 1)
+    logits = torch.nn.functional.one_hot(torch.tensor([1, 0, 0, 2, 1, 2]), 3).T.reshape(3, 6, 1, 1).float()
+    d = post({"pred": logits, "label": label})
+    metric = DiceMetric(include_background=False)  # what the validation's MeanDice computes
+    metric([d["pred"]], [d["label"]])
+    # class 1: label at voxels 0-1, prediction at 0 (4 is unannotated): 2/3; class 2: 1 (5 is unannotated)
+    assert metric.aggregate().item() == pytest.approx((2 / 3 + 1) / 2)
 
 
 def test_crops_are_centred_on_valid_voxels():

@@ -1,5 +1,6 @@
 """MONAI transforms for volumes with missing data: validity masks, masked normalization, valid crop centres,
-simulated missing data, and the recipes (``pconv3d.transforms.recipes``) that chain them with MONAI's own."""
+simulated missing data, one-hot labels with unannotated voxels left out, and the recipes
+(``pconv3d.transforms.recipes``) that chain them with MONAI's own."""
 
 from pconv3d.transforms.array import (
     REGION_SHAPES,
@@ -11,6 +12,7 @@ from pconv3d.transforms.array import (
     InterpolateSlices,
     MaskedNormalizeIntensity,
     MaskedScaleIntensityRangePercentiles,
+    OneHotAnnotated,
     RandDropSlices,
     RandMaskRegions,
     ValidFgBgToIndices,
@@ -30,6 +32,7 @@ from pconv3d.transforms.dictionary import (
     InterpolateSlicesd,
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentilesd,
+    OneHotAnnotatedd,
     RandDropSlicesd,
     RandMaskRegionsd,
     ValidFgBgToIndicesd,
@@ -58,6 +61,8 @@ __all__ = [
     "MaskedNormalizeIntensityd",
     "MaskedScaleIntensityRangePercentiles",
     "MaskedScaleIntensityRangePercentilesd",
+    "OneHotAnnotated",
+    "OneHotAnnotatedd",
     "RandDropSlices",
     "RandDropSlicesd",
     "RandMaskRegions",

@@ -47,6 +47,7 @@ __all__ = [
     "MaskedNormalizeIntensity",
     "MaskedScaleIntensityRangePercentiles",
     "ValidFgBgToIndices",
+    "OneHotAnnotated",
     "DropSlices",
     "RandDropSlices",
     "RandMaskRegions",
@@ -585,6 +586,41 @@ class ValidFgBgToIndices(Transform):
         if isinstance(label, np.ndarray):
             return out[0].numpy(), out[1].numpy()
         return out
+
+
+class OneHotAnnotated(Transform):
+    """One-hot of a map of class indices in which one value marks unannotated voxels: those voxels are 0 in every
+    channel, so that a metric over one-hot maps (Dice, surface distances) leaves them out when the prediction's
+    one-hot is also set to 0 there (``onehot.any(0)`` is the annotated voxels).
+
+    Args:
+        num_classes: classes, background (0) included.
+        ignore_index: the label value of unannotated voxels (``None``: every voxel is annotated).
+
+    Example:
+        >>> OneHotAnnotated(3, ignore_index=255)(torch.tensor([0, 2, 255]).reshape(1, 3, 1, 1))[:, :, 0, 0]
+        tensor([[1., 0., 0.],
+                [0., 0., 0.],
+                [0., 1., 0.]])
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
+        """The float32 one-hot ``(num_classes, X, Y, Z)`` of ``label`` ``(1, X, Y, Z)``, of its type and device."""
+        check_volume(label, "label")
+        if label.shape[0] != 1:
+            raise ValueError(
+                f"label{_source(label)}: expected one channel of class indices, got shape {tuple(label.shape)}"
+            )
+        lab = convert_to_tensor(label, track_meta=False)[0]
+        annotated = torch.ones_like(lab, dtype=torch.bool) if self.ignore_index is None else lab != self.ignore_index
+        onehot = torch.nn.functional.one_hot(torch.where(annotated, lab, 0).long(), self.num_classes).movedim(-1, 0)
+        return convert_to_dst_type(onehot * annotated, label, dtype=torch.float32)[0]
 
 
 def drop_slice_pattern(n: int, fraction: float, pattern: str, rng: np.random.RandomState) -> np.ndarray:

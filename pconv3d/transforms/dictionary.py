@@ -15,6 +15,7 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.utils import convert_to_tensor, ensure_tuple
 
 from pconv3d.transforms.array import (
     REGION_SHAPES,
@@ -26,6 +27,7 @@ from pconv3d.transforms.array import (
     InterpolateSlices,
     MaskedNormalizeIntensity,
     MaskedScaleIntensityRangePercentiles,
+    OneHotAnnotated,
     RandDropSlices,
     RandMaskRegions,
     ValidFgBgToIndices,
@@ -43,6 +45,7 @@ __all__ = [
     "MaskedNormalizeIntensityd",
     "MaskedScaleIntensityRangePercentilesd",
     "ValidFgBgToIndicesd",
+    "OneHotAnnotatedd",
     "DropSlicesd",
     "RandDropSlicesd",
     "RandMaskRegionsd",
@@ -380,6 +383,52 @@ class ValidFgBgToIndicesd(MapTransform):
         for key in self.key_iterator(d):
             fg, bg = self.converter(d[key], _get_mask(d, self.mask_key, key))
             d[f"{key}{self.fg_postfix}"], d[f"{key}{self.bg_postfix}"] = fg, bg
+        return d
+
+
+class OneHotAnnotatedd(MapTransform):
+    """One-hot label keys whose unannotated voxels (``ignore_index``) are 0 in every channel, and the same voxels
+    set to 0 in one-hot predictions, so that a metric over them (MONAI's ``MeanDice``) leaves those voxels out;
+    see :class:`~pconv3d.transforms.array.OneHotAnnotated`. Use it in place of ``AsDiscreted``'s ``to_onehot``
+    for the label, after ``AsDiscreted(argmax=True, to_onehot=num_classes)`` of the predictions.
+
+    Args:
+        keys: label keys (class indices ``(1, X, Y, Z)``), each replaced by its one-hot.
+        num_classes: classes, background (0) included.
+        ignore_index: the label value of unannotated voxels (``None``: every voxel is annotated).
+        pred_keys: one-hot prediction keys, set to 0 wherever a label key is unannotated.
+        allow_missing_keys: skip absent keys.
+
+    Example:
+        >>> label = torch.tensor([1, 255, 0, 1]).reshape(1, 4, 1, 1)
+        >>> pred = torch.tensor([[0.0, 0, 1, 0], [1, 1, 0, 1]]).reshape(2, 4, 1, 1)
+        >>> d = OneHotAnnotatedd("label", 2, ignore_index=255, pred_keys="pred")({"label": label, "pred": pred})
+        >>> d["label"][1].flatten(), d["pred"][1].flatten()
+        (tensor([1., 0., 0., 1.]), tensor([1., 0., 0., 1.]))
+    """
+
+    backend = OneHotAnnotated.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        num_classes: int,
+        ignore_index: int | None = None,
+        pred_keys: KeysCollection = (),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.one_hot = OneHotAnnotated(num_classes, ignore_index)
+        self.pred_keys = ensure_tuple(pred_keys)
+        self.fill = FillHoles()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.one_hot(d[key])
+            annotated = convert_to_tensor(d[key], track_meta=False).any(0, keepdim=True)
+            for pred_key in self.pred_keys:
+                d[pred_key] = self.fill(d[pred_key], annotated)
         return d
 
 
