@@ -23,7 +23,7 @@ from monai.networks.nets import UNet
 from pconv3d.networks import PartialUNet
 from pipelines.evaluation import score_case
 from pipelines.handlers import BEST, load_checkpoint
-from pipelines.study import hole_transforms, study_data
+from benchmarks.study import hole_transforms, study_data
 from pconv3d.transforms.recipes import IMAGE, LABEL
 
 

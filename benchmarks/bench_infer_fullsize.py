@@ -37,8 +37,8 @@ from pconv3d.networks import PartialUNet
 ROI, SW_BATCH, OVERLAP, MISSING = 96, 4, 0.25, 0.3
 ARCH = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [16, 32, 64, 128], "strides": [2, 2, 2],
         "num_res_units": 1}
-NETS = {"MONAI UNet": ("monai.networks.nets.UNet", {"mask_input": False, "fill_missing": None, "mask_as_channel": False}),
-        "PartialUNet": ("pconv3d.networks.PartialUNet", {"mask_input": True, "fill_missing": None, "mask_as_channel": False})}
+NETS = {"MONAI UNet": ("monai.networks.nets.UNet", {"mask_input": False, "fill": None, "mask_as_channel": False}),
+        "PartialUNet": ("pconv3d.networks.PartialUNet", {"mask_input": True, "fill": None, "mask_as_channel": False})}
 
 
 def write_volumes(folder: Path, count: int, crop: int | None = None) -> list[Path]:
@@ -67,7 +67,7 @@ def write_checkpoints(folder: Path) -> dict[str, Path]:
     paths = {}
     for name, (target, inputs) in NETS.items():
         paths[name] = folder / f"{target.rsplit('.', 1)[1]}.pt"
-        torch.save({"network": state, "network_def": {"_target_": target, **ARCH}, "input_def": inputs}, paths[name])
+        torch.save({"network": state, "network_def": {"_target_": target, **ARCH}, "input_recipe": inputs}, paths[name])
     return paths
 
 

@@ -1,14 +1,13 @@
-"""Missing-data study: every method of pipelines/study.py, tuned on validation cases, 3 seeds, paired intervals.
+"""Missing-data study: every method of benchmarks/study.py, tuned on validation cases, 3 seeds, paired intervals.
 
-Run: ``python -m benchmarks.robustness_study [--output outputs/study] [--epochs 250] [--methods NAME ...]`` (with
-every method, the same as ``pconv3d evaluate --study``). About an hour on 2 CPU cores at 250 epochs; stop and start it again at will.
+Run: ``python -m benchmarks.robustness_study [--output outputs/study] [--epochs 250] [--methods NAME ...]``. About an hour on 2 CPU cores at 250 epochs; stop and start it again at will.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipelines.study import CANDIDATES, METHODS, run_study
+from benchmarks.study import CANDIDATES, METHODS, run_study
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.study import CANDIDATES, METHODS, PARTIAL, PATTERNS, PLAIN, study_data, score_network, train
+from benchmarks.study import CANDIDATES, GATED, METHODS, PARTIAL, PATTERNS, UNET, method, score_network, study_data, train
 
-# name -> training-config overrides; every variant spells out its input switches (see pipelines.study.METHODS)
+# name -> training-config overrides; every variant spells out its input recipe (see benchmarks.study.METHODS)
 VARIANTS: dict[str, dict] = {
     "unet_interp": METHODS["unet_interp"].overrides,
     "unet_interp_noholes": {**METHODS["unet_interp"].overrides, "simulate_holes": False},
@@ -22,10 +22,10 @@ VARIANTS: dict[str, dict] = {
     "partial": METHODS["partial"].overrides,
     "partial_noholes": {**METHODS["partial"].overrides, "simulate_holes": False},
     "partial_soft": METHODS["partial_soft"].overrides,
-    "partial_soft_channel": {**PARTIAL, "fill_missing": "soft", "mask_as_channel": True},
-    "gated_interp": {**METHODS["gated"].overrides, "fill_missing": "interpolate"},
+    "partial_soft_channel": method(PARTIAL, mask_input=True, fill="soft", mask_as_channel=True),
+    "gated_interp": method(GATED, fill="interpolate", mask_as_channel=True),
     "gated_soft": METHODS["gated"].overrides,
-    "unet_soft_channel": {**PLAIN, "fill_missing": "soft", "mask_as_channel": True},
+    "unet_soft_channel": method(UNET, fill="soft", mask_as_channel=True),
 }
 # GatedUNet with holes simulated less often: does the gap with nothing missing close, and what do the holes lose?
 VARIANTS["gated_half"] = {**VARIANTS["gated_soft"], "drop_slices": {"prob": 0.5, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},

@@ -98,4 +98,6 @@ def load_config(files: Sequence[str], overrides: dict[str, Any]) -> ConfigParser
         if expected:
             raise CLIError(f"--{key}: expected {expected} (like the config's {parser[key]!r}), got {value!r}")
         parser[key] = value
+    if "imports" in parser:  # what the configs' expressions name, as a workflow imports it before it reads them
+        parser.get_parsed_content("imports")
     return parser

@@ -24,7 +24,6 @@ from monai.transforms import LoadImage
 
 from pconv3d.io.datalist import grid_mismatch, load_datalist, load_folder, read_volume_info
 from pconv3d.io.save import output_path
-from pipelines.arguments import positive_int
 from pipelines.config import load_config
 from pipelines.errors import CLIError
 from pipelines.evaluation import REPORT_FILES, score_case, stack_scores, summary, write_reports
@@ -39,9 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               "in neither is left out of the means. The table gives the cases each mean covers.")
     p.add_argument("--pred", help="folder of <name>_seg predictions")
     p.add_argument("--labels", help="folder of <name> label volumes, or a dataset.json")
-    p.add_argument("--study", action="store_true",
-                   help="run the missing-data robustness study instead (trains three models; see pipelines/study.py)")
-    p.add_argument("--epochs", type=positive_int, default=250, help="with --study: training epochs per method")
     p.add_argument("--section", default="test", help="dataset.json section holding the labels (default: test)")
     p.add_argument("--output", help="folder for metrics.csv and summary.json (default: --pred)")
     p.add_argument("--classes", nargs="+", help="class names, background first (default: from dataset.json or numbers)")
@@ -152,13 +148,8 @@ def write_results(out_dir: Path, cases: list[str], class_names: Sequence[str], s
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.study:
-        from pipelines.study import run_study  # heavy, and only for the study
-
-        run_study(args.output or "outputs/study", epochs=args.epochs)
-        return 0
     if not args.pred or not args.labels:
-        raise CLIError("--pred and --labels are required (or --study)")
+        raise CLIError("--pred and --labels are required")
     out = Path(args.output or args.pred)
     existing = [name for name in REPORT_FILES if (out / name).exists()]
     if existing and not args.overwrite:

@@ -115,8 +115,8 @@ class RunCheckpointSaver(CheckpointSaver):
             best-metric record are added when it is attached.
         network_def: the network's config (a ``_target_`` dict of plain values, or that dict as JSON), stored
             under ``network_def``; ``None`` leaves the architecture to the inference config.
-        input_def: the config ids that shape what the network is given (``mask_input``, ``fill_missing``,
-            ``mask_as_channel``, ...), stored under ``input_def`` so that inference gives it the same.
+        input_recipe: what the network is given (:meth:`pconv3d.transforms.InputRecipe.as_dict`), stored under
+            ``input_recipe`` so that inference gives it the same.
         evaluator: the engine whose ``key_metric_name`` decides ``best.pt``.
         key_metric_name: key of ``evaluator.state.metrics``.
 
@@ -131,15 +131,15 @@ class RunCheckpointSaver(CheckpointSaver):
         save_dir: str,
         save_dict: dict[str, Any],
         network_def: Mapping[str, Any] | str | None = None,
-        input_def: Mapping[str, Any] | None = None,
+        input_recipe: Mapping[str, Any] | None = None,
         evaluator: Engine | None = None,
         key_metric_name: str = "val_mean_dice",
     ) -> None:
         save_dict = {k: _unwrap(v) if isinstance(v, torch.nn.Module) else v for k, v in save_dict.items()}
         if network_def is not None:
             save_dict["network_def"] = _Record(json.loads(network_def) if isinstance(network_def, str) else network_def)
-        if input_def is not None:
-            save_dict["input_def"] = _Record(input_def)
+        if input_recipe is not None:
+            save_dict["input_recipe"] = _Record(input_recipe)
         super().__init__(save_dir, save_dict, save_key_metric=evaluator is not None, key_metric_name=key_metric_name,
                          key_metric_filename=BEST, save_interval=1, n_saved=1, epoch_level=True)
         self._interval_checkpoint.save_handler = _AtomicFile(Path(save_dir) / LAST)

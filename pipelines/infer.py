@@ -104,9 +104,9 @@ def check_inference(
 
 
 def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
-    """Config overrides for a checkpoint: its path, the architecture it was trained with and what its network
-    is given (mask input, hole filling, mask channel), where it records them and ``extra`` does not override
-    them itself. A plain ``state_dict`` in a bundle's ``models/`` folder takes them from the bundle's config.
+    """Config overrides for a checkpoint: its path, the architecture it was trained with and its input recipe
+    (:class:`pconv3d.transforms.InputRecipe`), where it records them and ``extra`` does not override them
+    itself. A plain ``state_dict`` in a bundle's ``models/`` folder takes them from the bundle's config.
 
     Only those records reach the config, and only after :mod:`pipelines.records` checked them: a model file
     is data, never code."""
@@ -116,8 +116,9 @@ def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
         recorded = records.bundle_record(model_path) if "network_def" not in given else {}
     else:
         network = records.network_def(ckpt, model_path) if "network_def" not in given else None
-        recorded = {**({"network_def": network} if network else {}), **records.input_def(ckpt, model_path)}
-    return {"model_path": model_path, **{k: v for k, v in recorded.items() if k not in given}}
+        recipe = records.input_recipe(ckpt, model_path)
+        recorded = {"network_def": network, "recipe": recipe.name or recipe.as_dict()}
+    return {"model_path": model_path, **{k: v for k, v in recorded.items() if v is not None and k not in given}}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 MONAI's bundle specification puts ``configs/metadata.json``, ``configs/inference.yaml`` (and the training
 config), ``models/model.pt`` (a plain ``state_dict``, as the model zoo ships) and ``docs/README.md`` in one
 folder, with the licence. The run folder gets them, with the configs set to the trained architecture and to
-what its network is given (``input_def``), so MONAI's bundle tools work on it directly::
+what its network is given (its input recipe), so MONAI's bundle tools work on it directly::
 
     python -m monai.bundle verify_net_in_out network_def --meta_file RUN/configs/metadata.json \\
         --config_file RUN/configs/inference.yaml
@@ -22,43 +22,48 @@ from typing import Any
 import yaml
 
 from pconv3d.io.sitk import atomic_write
-from pipelines.config import CONFIG_DIR
+from pconv3d.transforms import InputRecipe
 from pipelines import records
+from pipelines.config import CONFIG_DIR
 from pipelines.handlers import BEST, atomic_save, load_checkpoint
 
 __all__ = ["write_bundle", "MODEL"]
 
 MODEL = Path("models") / "model.pt"
-_MASK_CHANNEL = "validity mask (1 = acquired; with fill_missing soft: confidence in (0, 1])"
+_MASK_CHANNEL = "validity mask (1 = acquired; with fill soft: confidence in (0, 1])"
 
 
 def _yaml(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False, width=120)
 
 
-def _metadata(template: dict[str, Any], network_def: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """``template`` (the project's metadata) with the inputs and description of this network."""
+def _metadata(template: dict[str, Any], network_def: dict[str, Any], recipe: InputRecipe) -> dict[str, Any]:
+    """``template`` (the project's metadata) with the inputs and description of this network, and its input
+    recipe recorded in ``network_data_format`` (``input_recipe``)."""
     meta = json.loads(json.dumps(template))
-    inputs = meta["network_data_format"]["inputs"]
+    data_format = meta["network_data_format"]
+    inputs = data_format["inputs"]
     image = inputs["image"]
     channels = int(network_def["in_channels"])
-    images = channels - int(bool(given.get("mask_as_channel")))
-    filled = " (holes filled by interpolation)" if given.get("fill_missing") else " (holes at 0)"
+    images = recipe.image_channels(channels)
+    filled = f" (holes filled: {recipe.fill})" if recipe.fill else " (holes at 0)"
     image["num_channels"] = channels
     image["channel_def"] = {str(c): f"MR image{filled}" for c in range(images)}
-    if given.get("mask_as_channel"):
+    if recipe.mask_as_channel:
         image["channel_def"][str(images)] = _MASK_CHANNEL
-    if given.get("mask_input"):
+    if recipe.mask_input:
         inputs["condition"] = {**image, "format": "segmentation", "num_channels": 1, "value_range": [0, 1],
                                "channel_def": {"0": _MASK_CHANNEL}}
     else:
         inputs.pop("condition", None)
-    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = int(network_def["out_channels"])
+    data_format["input_recipe"] = recipe.as_dict()
+    data_format["outputs"]["pred"]["num_channels"] = int(network_def["out_channels"])
     name = str(network_def["_target_"]).rsplit(".", 1)[-1]
-    meta["description"] = (f"A {name} trained on the default MNI152-derived dataset; holes "
-                           + (f"filled ({given['fill_missing']})" if given.get("fill_missing") else "at 0")
-                           + (", the mask as a channel" if given.get("mask_as_channel") else "")
-                           + (", the mask as an input" if given.get("mask_input") else ""))
+    meta["description"] = (f"A {name} trained on the default MNI152-derived dataset"
+                           + (f" with the input recipe '{recipe.name}'" if recipe.name else "") + "; holes "
+                           + (f"filled ({recipe.fill})" if recipe.fill else "at 0")
+                           + (", the mask as a channel" if recipe.mask_as_channel else "")
+                           + (", the mask as an input" if recipe.mask_input else ""))
     return meta
 
 
@@ -68,9 +73,9 @@ def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) 
     are written atomically and replace the bundle files of this run only."""
     out, root = Path(output_dir), Path(bundle_root) if bundle_root is not None else CONFIG_DIR.parent
     ckpt = load_checkpoint(out / BEST)
-    network_def, given = records.network_def(ckpt, out / BEST), records.input_def(ckpt, out / BEST)
+    network_def, recipe = records.network_def(ckpt, out / BEST), records.input_recipe(ckpt, out / BEST)
     # a run started by `python -m monai.bundle run` records no network_def: its configs are the bundle's as they are
-    trained = {"network_def": network_def, **given} if network_def else {}
+    trained = {"network_def": network_def, "recipe": recipe.name or recipe.as_dict()} if network_def else {}
     (out / MODEL).parent.mkdir(exist_ok=True)
     atomic_save(ckpt["network"], out / MODEL)
     (out / "configs").mkdir(exist_ok=True)
@@ -82,7 +87,7 @@ def write_bundle(output_dir: str | Path, bundle_root: str | Path | None = None) 
         atomic_write(out / "configs" / name, lambda p, c=config: p.write_text(_yaml(c)), overwrite=True)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     if network_def:
-        meta = _metadata(meta, network_def, given)
+        meta = _metadata(meta, network_def, recipe)
     atomic_write(out / "configs" / "metadata.json", lambda p: p.write_text(json.dumps(meta, indent=2)), overwrite=True)
     shutil.copyfile(root / "configs" / "logging.conf", out / "configs" / "logging.conf")
     (out / "docs").mkdir(exist_ok=True)

@@ -10,7 +10,8 @@ are checked against a schema here, and anything else in the file is never copied
   numbers, booleans, ``null``, strings, lists and dicts of them, with no string starting with ``$``, ``@`` or
   ``%`` and no ``_target_`` (or other ``_key_``) inside. A network of another class is named in the user's
   own config or on the command line (``--network_def#_target_``), where configs are code, as in MONAI.
-* ``input_def``: what the network is given, only the keys of :data:`INPUT_KEYS`, each of its type.
+* ``input_recipe`` (``input_def`` before): what the network is given, read by
+  :meth:`pconv3d.transforms.InputRecipe.of`: only its three settings, each of its type.
 
 A record that fails is refused with a ``ValueError`` naming the file, the key and the value.
 """
@@ -27,20 +28,12 @@ import torch
 import yaml
 
 import pconv3d.networks
-from pconv3d.transforms.recipes import FILL_MODES
+from pconv3d.transforms import RECIPES, InputRecipe
 
-__all__ = ["INPUT_KEYS", "EARLIER_INPUT_DEF", "allowed_networks", "check_network_def", "check_input_def",
-           "network_def", "input_def", "bundle_record"]
+__all__ = ["EARLIER_RECIPE", "allowed_networks", "check_network_def", "network_def", "input_recipe", "bundle_record"]
 
-# what the network is given, and the values each key may take: (description, check)
-INPUT_KEYS: dict[str, tuple[str, Any]] = {
-    "mask_input": ("true or false", lambda v: isinstance(v, bool)),
-    "fill_missing": (f"null, {' or '.join(repr(f) for f in FILL_MODES)}", lambda v: v is None or v in FILL_MODES),
-    "mask_as_channel": ("true or false", lambda v: isinstance(v, bool)),
-    "interpolate_slices": ("null or an axis 0, 1 or 2", lambda v: v is None or (type(v) is int and 0 <= v <= 2)),
-}
-# what every config before ``input_def`` was recorded gave the network: the image with holes at 0, and the mask
-EARLIER_INPUT_DEF = {"mask_input": True, "fill_missing": None, "mask_as_channel": False}
+# what every pconv3d checkpoint from before the recipe was recorded gave the network: holes at 0, the mask
+EARLIER_RECIPE = RECIPES["partial"]
 _PREFIXES = ("$", "@", "%")  # MONAI's expression, reference and macro markers
 _MAX_DEPTH = 8
 
@@ -105,44 +98,26 @@ def check_network_def(value: Any, source: str | os.PathLike) -> dict[str, Any]:
     return dict(value)
 
 
-def check_input_def(value: Any, source: str | os.PathLike) -> dict[str, Any]:
-    """``value`` as a record of what the network is given, read from ``source``: only the keys of
-    :data:`INPUT_KEYS`, each of its type; a ``ValueError`` naming the key and the value otherwise.
-
-    Example:
-        >>> check_input_def({"mask_input": False, "fill_missing": "soft"}, "best.pt")
-        {'mask_input': False, 'fill_missing': 'soft'}
-    """
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{source}: input_def is a {type(value).__name__}; expected a dict of {', '.join(INPUT_KEYS)}")
-    for key, item in value.items():
-        if key not in INPUT_KEYS:
-            raise ValueError(f"{source}: input_def holds the unknown key {str(key)[:80]!r}; a model file records "
-                             f"only {', '.join(INPUT_KEYS)}")
-        expected, ok = INPUT_KEYS[key]
-        if not ok(item):
-            raise ValueError(f"{source}: input_def#{key} is {item!r}; expected {expected}")
-    return dict(value)
-
-
 def network_def(checkpoint: Mapping[str, Any], source: str | os.PathLike) -> dict[str, Any] | None:
     """The checked ``network_def`` a checkpoint (read from ``source``) records, or ``None`` when it records none."""
     value = checkpoint.get("network_def")
     return check_network_def(value, source) if value else None
 
 
-def input_def(checkpoint: Mapping[str, Any], source: str | os.PathLike) -> dict[str, Any]:
-    """What a checkpoint's network is given, checked: as recorded; :data:`EARLIER_INPUT_DEF` for a pconv3d
-    checkpoint from before that was recorded; nothing (the config decides) for a plain ``state_dict``."""
-    if checkpoint.get("input_def") is not None:
-        return check_input_def(checkpoint["input_def"], source)
-    return dict(EARLIER_INPUT_DEF) if checkpoint.keys() - {"network"} else {}
+def input_recipe(checkpoint: Mapping[str, Any], source: str | os.PathLike) -> InputRecipe | None:
+    """What a checkpoint's network is given, checked: its record (``input_recipe``, or ``input_def`` of earlier
+    versions); :data:`EARLIER_RECIPE` for a pconv3d checkpoint from before either was recorded; ``None`` for a
+    plain ``state_dict`` (the config decides)."""
+    for key in ("input_recipe", "input_def"):
+        if checkpoint.get(key) is not None:
+            return InputRecipe.of(checkpoint[key], f"{source}: {key}")
+    return EARLIER_RECIPE if checkpoint.keys() - {"network"} else None
 
 
 def bundle_record(model_path: str | os.PathLike) -> dict[str, Any]:
     """For a plain ``state_dict`` at ``RUN/models/model.pt`` of a bundle written by ``pconv3d train``: the
-    ``network_def`` and input keys of ``RUN/configs/inference.yaml``, read as data and checked; ``{}`` when
-    ``model_path`` is not in such a folder."""
+    ``network_def`` and ``recipe`` of ``RUN/configs/inference.yaml`` (or the input keys of earlier bundles),
+    read as data and checked; ``{}`` when ``model_path`` is not in such a folder."""
     config = Path(model_path).resolve().parent.parent / "configs" / "inference.yaml"
     if Path(model_path).resolve().parent.name != "models" or not config.is_file():
         return {}
@@ -152,8 +127,9 @@ def bundle_record(model_path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{config}: cannot read the bundle's config ({type(e).__name__})") from None
     if not isinstance(content, dict):
         raise ValueError(f"{config}: expected a mapping of config ids, got {type(content).__name__}")
+    earlier = {k: content[k] for k in ("mask_input", "fill_missing", "mask_as_channel", "interpolate_slices") if k in content}
     try:
-        return {"network_def": check_network_def(content.get("network_def"), config),
-                **check_input_def({k: content[k] for k in INPUT_KEYS if k in content}, config)}
+        recipe = InputRecipe.of(content.get("recipe", earlier), f"{config}: recipe")
+        return {"network_def": check_network_def(content.get("network_def"), config), "recipe": recipe.name or recipe.as_dict()}
     except ValueError as e:
         raise ValueError(f"{e}. To run that config as it is (as code), pass --config {config}") from None

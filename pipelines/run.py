@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     settings = _settings(args)
     train_overrides = {"output_dir": str(out / "train"), "epochs": args.epochs, "seed": args.seed}
-    load_config(["train.yaml"], {**train_overrides, **parse_overrides(args.extra)})  # bad overrides: refused now
+    config = load_config(["train.yaml"], {**train_overrides, **parse_overrides(args.extra)})  # bad overrides: refused now
+    args.network = str(config.get_parsed_content("network_def#_target_")).rsplit(".", 1)[-1]
     check_writable(out)
     reuse = _plan(out, settings, args.overwrite)
     with removed_if_failed(out):
@@ -143,8 +144,7 @@ def _run_parts(args: argparse.Namespace, out: Path, reuse: dict[str, bool], trai
                  "--overwrite trains again)")
     else:
         resume = state == "interrupted"
-        network = str(parse_overrides(args.extra).get("network_def#_target_", "GatedUNet")).rsplit(".", 1)[-1]
-        t = _step(2, f"training a {network} for {args.epochs} epochs"
+        t = _step(2, f"training a {args.network} for {args.epochs} epochs"
                      + (f", continuing after epoch {completed_epochs(train_dir)}" if resume else ""))
         run_workflow(["train.yaml"], {"dataset_dir": str(data_dir), **train_overrides, "resume": resume,
                                       "overwrite": not resume}, args.extra)

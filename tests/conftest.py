@@ -31,6 +31,5 @@ def trained_partial(dataset, tmp_path_factory) -> Path:
     """A PartialUNet given the mask (the default before the study chose GatedUNet)."""
     out = tmp_path_factory.mktemp("train_partial")
     assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "2", *TINY,
-                 "--network_def#_target_", "pconv3d.networks.PartialUNet", "--mask_input", "true",
-                 "--fill_missing", "null", "--mask_as_channel", "false"]) == 0
+                 "--recipe", "partial"]) == 0
     return out

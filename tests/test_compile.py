@@ -102,8 +102,7 @@ def test_train_and_infer_compile_switch(dataset, tmp_path, capsys, fresh_dynamo)
     """``--compile`` trains and segments through MONAI's engines (``compile=``), and the checkpoint keeps the
     plain network's keys, so the run loads without compiling too."""
     backend = ["--compile_kwargs", "{backend: aot_eager}"]
-    partial = ["--network_def#_target_", "pconv3d.networks.PartialUNet", "--mask_input", "true",
-               "--fill_missing", "null", "--mask_as_channel", "false"]
+    partial = ["--recipe", "partial"]
     run = tmp_path / "run"
     code, err = cli(capsys, "train", "--data", dataset, "--output", run, "--epochs", "1", *TINY, *partial,
                     "--compile", *backend)

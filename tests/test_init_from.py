@@ -66,8 +66,7 @@ def test_train_init_from_a_monai_unet_fine_tunes_it(dataset, tmp_path, capsys):
     torch.save(UNet(**kwargs).state_dict(), tmp_path / "unet.pt")
     out = tmp_path / "run"
     code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "1", *TINY,
-                    "--network_def#_target_", "pconv3d.networks.PartialUNet", "--mask_input", "true",
-                    "--fill_missing", "null", "--mask_as_channel", "false", "--init-from", tmp_path / "unet.pt",
+                    "--recipe", "partial", "--init-from", tmp_path / "unet.pt",
                     "--learning_rate", "0.0")
     assert code == 0, err
     unet = torch.load(tmp_path / "unet.pt", weights_only=True)

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from pipelines.handlers import init_network, load_checkpoint, network_from_checkpoint
-from pipelines.records import allowed_networks, check_input_def, check_network_def
+from pconv3d.transforms import InputRecipe
+from pipelines.records import allowed_networks, check_network_def
 from tests.cli_helpers import cli, files_under
 
 
@@ -30,16 +31,21 @@ def _injections(sentinel: Path) -> dict[str, tuple[str, object, str]]:
         "macro argument": ("network_def#channels", "%configs/train.yaml#network_def#channels", "network_def#channels"),
         "top-level target": ("network_def#_target_", "os.system", "'os.system'"),
         "disabled key": ("network_def#_disabled_", _payload(sentinel), "'_disabled_'"),
-        "extra input id": ("input_def#output_dir", _payload(sentinel), "'output_dir'"),
-        "input expression": ("input_def#fill_missing", _payload(sentinel), "input_def#fill_missing"),
-        "input overwrite": ("input_def#overwrite", True, "'overwrite'"),
-        "input of the wrong type": ("input_def#mask_as_channel", "yes", "input_def#mask_as_channel"),
+        "extra input id": ("input_recipe#output_dir", _payload(sentinel), "'output_dir'"),
+        "input expression": ("input_recipe#fill", _payload(sentinel), "input_recipe#fill"),
+        "input overwrite": ("input_recipe#overwrite", True, "'overwrite'"),
+        "input of the wrong type": ("input_recipe#mask_as_channel", "yes", "input_recipe#mask_as_channel"),
+        "input names a network": ("input_recipe#network", "os.system", "'network'"),
+        "earlier input record": ("input_def#interpolate_slices", _payload(sentinel), "input_def#interpolate_slices"),
     }
 
 
 def _tampered(trained: Path, folder: Path, key: str, value: object) -> Path:
     ckpt = load_checkpoint(trained / "best.pt")
     record, name = key.split("#")
+    if record == "input_def":  # the record of earlier versions
+        ckpt["input_def"] = {"fill_missing": "soft", "mask_as_channel": True}
+        del ckpt["input_recipe"]
     ckpt[record] = {**ckpt[record], name: value}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, folder / "best.pt")
@@ -71,7 +77,7 @@ def test_a_checkpoint_cannot_set_another_config_id(dataset, trained, tmp_path, c
     assert cli(capsys, "infer", "--model", trained / "best.pt", "--input", dataset / "imagesTs", "--output", out,
                "--progress", "false")[0] == 0
     before = files_under(out)
-    model = _tampered(trained, tmp_path / "model", "input_def#overwrite", True)
+    model = _tampered(trained, tmp_path / "model", "input_recipe#overwrite", True)
     code, err = cli(capsys, "infer", "--model", model, "--input", dataset / "imagesTs", "--output", out)
     assert code == 2 and "overwrite" in err
     assert files_under(out) == before
@@ -145,11 +151,14 @@ def test_network_records_that_are_refused(value, shown):
 @pytest.mark.parametrize("value, shown", [
     ({"interpolate_slices": True}, "interpolate_slices"),
     ({"interpolate_slices": 3}, "interpolate_slices"),
-    ({"fill_missing": "nearest"}, "fill_missing"),
+    ({"fill": "nearest"}, "fill"),
+    ({"fill_missing": "nearest"}, "fill"),
     ({"mask_input": 1}, "mask_input"),
+    ({"network": "os.system"}, "'network'"),
+    ("unknown", "'unknown'"),
     ([], "list"),
 ])
 def test_input_records_that_are_refused(value, shown):
-    with pytest.raises(ValueError, match="^m.pt: ") as e:
-        check_input_def(value, "m.pt")
+    with pytest.raises(ValueError, match="^m.pt: input_recipe") as e:
+        InputRecipe.of(value, "m.pt: input_recipe")
     assert shown in str(e.value)

@@ -16,12 +16,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pconv3d.networks import PartialUNet
+from pconv3d.transforms import RECIPES, InputRecipe
 from pipelines.cli import main
 from pipelines.handlers import MetricsLog, load_checkpoint
+from pipelines.infer import checkpoint_overrides
 from pipelines.outputs import completed_epochs
 from tests.cli_helpers import ROOT, TINY, cli, files_under
+
 
 def test_train_writes_loadable_checkpoints_and_logs(trained):
     best, last = load_checkpoint(trained / "best.pt"), torch.load(trained / "last.pt", weights_only=True)
@@ -262,25 +266,36 @@ def test_torchrun_splits_a_folder_between_processes(dataset, trained, tmp_path):
     assert names == sorted(p.name.replace(".nii.gz", "_seg.nii.gz") for p in (dataset / "imagesTs").iterdir())
 
 
-@pytest.mark.parametrize("recipe", [
-    ["--network_def#_target_", "monai.networks.nets.UNet", "--mask_input", "false", "--fill_missing", "interpolate",
-     "--mask_as_channel", "true"],
-    ["--network_def#_target_", "pconv3d.networks.PartialUNet", "--mask_input", "true", "--fill_missing", "soft",
-     "--mask_as_channel", "false"],
+@pytest.mark.parametrize("recipe, network, channels", [
+    ("plain", "monai.networks.nets.UNet", 1),
+    ("{mask_input: true, fill: soft, mask_as_channel: false}", "pconv3d.networks.PartialUNet", 1),
+    ("{mask_input: false, fill: interpolate, mask_as_channel: true}", "monai.networks.nets.UNet", 2),
 ])
-def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path, recipe):
-    """What the network is given (mask input, hole filling, mask channel) travels in the checkpoint, so
-    `infer` with no option segments like the training's validation did."""
+def test_input_recipes_are_recorded_and_replayed_at_inference(dataset, tmp_path, recipe, network, channels):
+    """What the network is given travels in the checkpoint, so `infer` with no option segments like the
+    training's validation did; a named recipe is one word and brings its network."""
     out = tmp_path / "run"
-    assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "1", *TINY, *recipe]) == 0
+    named = ["--recipe", recipe] if not recipe.startswith("{") else ["--recipe", recipe, "--network_def#_target_", network]
+    assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "1", *TINY, *named]) == 0
     best = load_checkpoint(out / "best.pt")
-    assert best["input_def"]["fill_missing"] == recipe[recipe.index("--fill_missing") + 1]
-    channels = 2 if recipe[recipe.index("--mask_as_channel") + 1] == "true" else 1
-    assert best["network_def"]["in_channels"] == channels
+    assert best["input_recipe"] == InputRecipe.of(yaml.safe_load(recipe)).as_dict()
+    assert best["network_def"]["_target_"] == network and best["network_def"]["in_channels"] == channels
     images = dataset / "imagesTs"
     assert main(["infer", "--model", str(out / "best.pt"), "--input", str(images), "--output", str(tmp_path / "p"),
                  "--progress", "false"]) == 0
     assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list(images.iterdir()))
+
+
+@pytest.mark.parametrize("network, recipe, shown", [
+    ("pconv3d.networks.PartialUNet", "gated", "PartialUNet takes a validity mask"),
+    ("monai.networks.nets.UNet", "partial", "UNet takes no mask input"),
+])
+def test_a_network_that_does_not_fit_its_recipe_is_refused_before_training(dataset, tmp_path, capsys, network, recipe, shown):
+    out = tmp_path / "run"
+    code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "1", *TINY,
+                    "--network_def#_target_", network, "--recipe", recipe)
+    assert code == 2 and shown in err, err
+    assert not out.exists()
 
 
 def test_interpolated_unet_overlay_is_a_complete_recipe(dataset, tmp_path):
@@ -290,21 +305,26 @@ def test_interpolated_unet_overlay_is_a_complete_recipe(dataset, tmp_path):
                  str(out), "--epochs", "1", *TINY]) == 0
     best = load_checkpoint(out / "best.pt")
     assert best["network_def"]["_target_"] == "monai.networks.nets.UNet" and best["network_def"]["in_channels"] == 1
-    assert best["input_def"]["fill_missing"] == "interpolate" and not best["input_def"]["mask_input"]
+    assert best["input_recipe"] == RECIPES["plain"].as_dict()
     assert main(["infer", "--model", str(out / "best.pt"), "--input", str(dataset / "imagesTs"), "--output",
                  str(tmp_path / "p"), "--progress", "false"]) == 0
     assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list((dataset / "imagesTs").iterdir()))
 
 
-def test_a_checkpoint_from_before_input_def_was_recorded_still_runs(trained, dataset, tmp_path):
-    """Earlier configs gave every network the image with holes at 0 and the mask, and recorded nothing: infer
-    replays that whatever today's defaults are."""
+@pytest.mark.parametrize("record", [None, {"mask_input": True, "fill_missing": None, "mask_as_channel": False,
+                                            "interpolate_slices": None}])
+def test_a_checkpoint_from_before_the_recipe_was_recorded_still_runs(trained, dataset, tmp_path, record):
+    """Earlier configs gave every network the image with holes at 0 and the mask and recorded nothing, or
+    recorded their four switches as ``input_def``: infer replays that whatever today's defaults are."""
     old = load_checkpoint(trained / "best.pt")
-    old = {k: v for k, v in old.items() if k != "input_def"}
+    old = {k: v for k, v in old.items() if k != "input_recipe"}
+    if record is not None:
+        old["input_def"] = record
     old["network_def"] = {**old["network_def"], "_target_": "pconv3d.networks.PartialUNet", "in_channels": 1}
     network = PartialUNet(**{k: v for k, v in old["network_def"].items() if k != "_target_"})
     old["network"] = network.state_dict()
     torch.save(old, tmp_path / "old.pt")
+    assert checkpoint_overrides(str(tmp_path / "old.pt"), [])["recipe"] == "partial"
     assert main(["infer", "--model", str(tmp_path / "old.pt"), "--input", str(dataset / "imagesTs"),
                  "--output", str(tmp_path / "p"), "--progress", "false"]) == 0
     assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list((dataset / "imagesTs").iterdir()))

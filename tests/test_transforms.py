@@ -608,3 +608,19 @@ def test_recipes_read_integer_mask_files_as_nonzero_valid(tmp_path):
     item = _files(tmp_path, image=image, mask=(valid * 255).astype(np.uint8))  # a 0/255 mask file
     d = infer_transforms(axcodes=None, normalize=None)(item)
     np.testing.assert_array_equal(d["mask"][0].numpy(), valid.astype(np.float32))
+
+
+def test_mask_regions_reach_the_fraction_and_depend_on_the_case_only():
+    from monai.data import MetaTensor
+
+    from pconv3d.transforms import MaskRegionsd
+
+    image = MetaTensor(torch.ones(1, 20, 20, 20), meta={"filename_or_obj": "/a/case1.nii.gz"})
+    a = MaskRegionsd("image", fraction=0.5)({"image": image})
+    b = MaskRegionsd("image", fraction=0.5)({"image": image.clone()})
+    assert 0.5 <= 1 - float(a["mask"].mean()) < 0.9 and torch.equal(a["mask"], b["mask"])
+    assert bool((a["image"][a["mask"] == 0] == 0).all()) and bool((a["image"][a["mask"] == 1] == 1).all())
+    other = MetaTensor(torch.ones(1, 20, 20, 20), meta={"filename_or_obj": "/b/case2.nii.gz"})
+    assert not torch.equal(a["mask"], MaskRegionsd("image", fraction=0.5)({"image": other})["mask"])
+    with pytest.raises(ValueError, match="fraction"):
+        MaskRegionsd("image", fraction=1.0)

@@ -10,6 +10,7 @@ from pconv3d.transforms.array import (
     FillHoles,
     InterpolateMissing,
     InterpolateSlices,
+    MaskRegions,
     MaskedNormalizeIntensity,
     MaskedScaleIntensityRangePercentiles,
     OneHotAnnotated,
@@ -30,6 +31,7 @@ from pconv3d.transforms.dictionary import (
     FillHolesd,
     InterpolateMissingd,
     InterpolateSlicesd,
+    MaskRegionsd,
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentilesd,
     OneHotAnnotatedd,
@@ -37,9 +39,13 @@ from pconv3d.transforms.dictionary import (
     RandMaskRegionsd,
     ValidFgBgToIndicesd,
 )
+from pconv3d.transforms.input_recipe import FILL_MODES, RECIPES, InputRecipe
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, PRED, infer_transforms, invert_transforms, train_transforms
 
 __all__ = [
+    "FILL_MODES",
+    "RECIPES",
+    "InputRecipe",
     "REGION_SHAPES",
     "SLICE_PATTERNS",
     "IMAGE",
@@ -57,6 +63,8 @@ __all__ = [
     "InterpolateMissingd",
     "InterpolateSlices",
     "InterpolateSlicesd",
+    "MaskRegions",
+    "MaskRegionsd",
     "MaskedNormalizeIntensity",
     "MaskedNormalizeIntensityd",
     "MaskedScaleIntensityRangePercentiles",

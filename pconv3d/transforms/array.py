@@ -33,6 +33,7 @@ from scipy import ndimage
 from pconv3d.io.datalist import grid_mismatch
 
 __all__ = [
+    "MaskRegions",
     "SLICE_PATTERNS",
     "REGION_SHAPES",
     "check_volume",
@@ -733,6 +734,48 @@ class DropSlices(_SimulateHoles):
             entropy.append(zlib.crc32(os.path.basename(str(source)).encode()))
         rng = np.random.RandomState(entropy)
         return _along(drop_slice_pattern(spatial_shape[self.axis], self.fraction, self.pattern, rng), self.axis)
+
+
+class MaskRegions(_SimulateHoles):
+    """Deterministic masked regions, for evaluation at an exact missing fraction: axis-aligned boxes, each
+    ``size`` of the volume's extent per axis, added until at least ``fraction`` of the volume is missing.
+
+    As for :class:`DropSlices`, the draw depends only on ``seed`` and, with ``per_case``, on the base name of
+    the image's source file, so every case gets its own boxes, the same in every run and for every method.
+
+    Args:
+        fraction: fraction of the volume to mask, in [0, 1).
+        size: ``(low, high)`` range of each box's extent as a fraction of the volume's extent per axis.
+        seed: base seed.
+        per_case: mix the source file name into the seed.
+
+    Example:
+        >>> img, mask = MaskRegions(fraction=0.25)(torch.ones(1, 16, 16, 16))
+        >>> bool(0.25 <= 1 - mask.mean() < 1), bool((img[mask == 0] == 0).all())
+        (True, True)
+    """
+
+    def __init__(
+        self, fraction: float = 0.25, size: Sequence[float] = (0.2, 0.4), seed: int = 0, per_case: bool = True
+    ) -> None:
+        if not 0 <= fraction < 1:
+            raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        size = ensure_tuple(size)
+        if not 0 < float(size[0]) <= float(size[-1]) <= 1:
+            raise ValueError(f"size must be a range of fractions 0 < low <= high <= 1, got {size}")
+        self.fraction, self.size, self.seed, self.per_case = fraction, (float(size[0]), float(size[-1])), seed, per_case
+
+    def _keep(self, spatial_shape: tuple[int, ...], img: NdarrayOrTensor) -> np.ndarray:
+        source = img.meta.get(ImageMetaKey.FILENAME_OR_OBJ) if isinstance(img, MetaTensor) else None
+        name = os.path.basename(str(source)) if self.per_case and isinstance(source, (str, os.PathLike)) else ""
+        rng = np.random.default_rng([self.seed, *name.encode()])
+        shape = np.array(spatial_shape)
+        keep = np.ones(spatial_shape, dtype=bool)
+        while 1 - keep.mean() < self.fraction:
+            extent = np.maximum(1, (rng.uniform(*self.size, 3) * shape).astype(int))
+            start = (rng.uniform(0, 1, 3) * (shape - extent + 1)).astype(int)
+            keep[tuple(slice(a, a + e) for a, e in zip(start, extent))] = False
+        return keep
 
 
 class _RandHoles(RandomizableTransform, _SimulateHoles):

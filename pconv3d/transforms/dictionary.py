@@ -22,6 +22,7 @@ from pconv3d.transforms.array import (
     SLICE_PATTERNS,
     DeriveMask,
     DropSlices,
+    MaskRegions,
     FillHoles,
     InterpolateMissing,
     InterpolateSlices,
@@ -39,6 +40,7 @@ from pconv3d.transforms.array import (
 )
 
 __all__ = [
+    "MaskRegionsd",
     "CheckGridd",
     "DeriveMaskd",
     "FillHolesd",
@@ -500,6 +502,38 @@ class DropSlicesd(_SimulateHolesd):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, DropSlices(axis, fraction, pattern, seed, per_case), mask_key, allow_missing_keys)
+
+
+class MaskRegionsd(_SimulateHolesd):
+    """Deterministic masked regions for evaluation at an exact missing fraction; see
+    :class:`~pconv3d.transforms.array.MaskRegions` (per-case boxes from the seed and the first key's file name).
+
+    Args:
+        keys: image keys (zero-filled); the label is not listed and stays untouched.
+        mask_key: key of the mask, created all-valid if absent.
+        fraction: fraction of the volume to mask.
+        size: range of each box's extent as a fraction of the volume's extent per axis.
+        seed: base seed.
+        per_case: mix the source file name into the seed.
+        allow_missing_keys: skip absent keys.
+
+    Example:
+        >>> d = MaskRegionsd("image", fraction=0.5)({"image": torch.ones(1, 8, 8, 8)})
+        >>> float(d["mask"].mean()) <= 0.5
+        True
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "mask",
+        fraction: float = 0.25,
+        size: Sequence[float] = (0.2, 0.4),
+        seed: int = 0,
+        per_case: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, MaskRegions(fraction, size, seed, per_case), mask_key, allow_missing_keys)
 
 
 class _RandSimulateHolesd(RandomizableTransform, _SimulateHolesd):

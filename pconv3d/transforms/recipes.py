@@ -16,7 +16,9 @@ Order, and why:
 5. masked normalization (statistics of valid voxels only);
 6. training only: pad to the patch size, crop around valid voxels (``ValidFgBgToIndicesd`` +
    ``RandCropByPosNegLabeld``), random affine and flips on all three keys, intensity augmentation on the
-   image, and a last zeroing of the image's holes.
+   image, and a last zeroing of the image's holes;
+7. what the network is given (:class:`~pconv3d.transforms.InputRecipe`): holes filled or at 0, the mask as a
+   channel or not.
 
 Geometric transforms are MONAI's invertible ones, so ``invert_transforms(infer_transforms(...))`` maps a
 prediction back onto the original image grid.
@@ -32,7 +34,6 @@ import torch
 from monai.data import ImageReader
 from monai.transforms import (
     Compose,
-    ConcatItemsd,
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
@@ -50,13 +51,12 @@ from monai.transforms import (
 )
 
 from pconv3d.io.sitk import NON_NIFTI_SUFFIXES, SimpleITKReader
+from pconv3d.transforms.input_recipe import InputRecipe
 from pconv3d.transforms.dictionary import (
     CheckGridd,
     DeriveMaskd,
     DropSlicesd,
     FillHolesd,
-    InterpolateMissingd,
-    InterpolateSlicesd,
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentilesd,
     RandDropSlicesd,
@@ -73,9 +73,7 @@ __all__ = [
     "DEFAULT_DROP_SLICES",
     "DEFAULT_MASK_REGIONS",
     "DEFAULT_AFFINE",
-    "FILL_MODES",
     "load_transforms",
-    "network_input_transforms",
     "train_transforms",
     "infer_transforms",
     "invert_transforms",
@@ -131,38 +129,9 @@ def _normalize(normalize: str | None) -> list[MapTransform]:
     raise ValueError(f"normalize must be 'zscore', 'percentile' or None, got {normalize!r}")
 
 
-FILL_MODES = ("interpolate", "soft")
-
-
-def network_input_transforms(
-    fill: str | None = None, mask_as_channel: bool = False, interpolate_slices: int | None = None
-) -> list[MapTransform]:
-    """Last steps: what the network is given in place of the holes, and whether the mask is an input channel.
-    Last, because masked normalization and the final hole filling set holes to 0.
-
-    Args:
-        fill: ``None`` leaves holes at 0 (partial convolutions skip them); ``"interpolate"`` fills them
-            (:class:`~pconv3d.transforms.InterpolateMissingd`, slice axes detected from the mask) and keeps
-            the mask; ``"soft"`` fills them and makes the mask the confidence of each voxel.
-        mask_as_channel: append the mask to the image as its last channel (for networks without a mask input,
-            or as extra information for those with one).
-        interpolate_slices: the earlier option: interpolate missing slices along this one axis alone
-            (:class:`~pconv3d.transforms.InterpolateSlicesd`), mask kept.
-
-    Example:
-        >>> [type(t).__name__ for t in network_input_transforms("soft", mask_as_channel=True)]
-        ['InterpolateMissingd', 'ConcatItemsd']
-    """
-    if fill is not None and fill not in FILL_MODES:
-        raise ValueError(f"fill: expected None, {' or '.join(repr(f) for f in FILL_MODES)}, got {fill!r}")
-    steps: list[MapTransform] = []
-    if interpolate_slices is not None:
-        steps.append(InterpolateSlicesd(IMAGE, mask_key=MASK, axis=interpolate_slices))
-    if fill is not None:
-        steps.append(InterpolateMissingd(IMAGE, mask_key=MASK, soft=fill == "soft"))
-    if mask_as_channel:
-        steps.append(ConcatItemsd([IMAGE, MASK], IMAGE))
-    return steps
+def _network_input(recipe: InputRecipe | str | Mapping[str, Any] | None) -> list[MapTransform]:
+    """Last steps: what the network is given in place of the holes (after normalization, which leaves them 0)."""
+    return InputRecipe.of(recipe).transforms() if recipe is not None else []
 
 
 def load_transforms(reader: ImageReader | str | None = None, mask_options: Mapping[str, Any] | None = None) -> Compose:
@@ -196,9 +165,7 @@ def train_transforms(
     normalize: str | None = "zscore",
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
-    interpolate_slices: int | None = None,
-    fill: str | None = None,
-    mask_as_channel: bool = False,
+    recipe: InputRecipe | str | Mapping[str, Any] | None = None,
 ) -> Compose:
     """Training transforms for datalist entries ``{"image": path, "label": path, "mask": path?}``.
 
@@ -223,10 +190,8 @@ def train_transforms(
         reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
         mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd` (``fill_value``, ``slice_axes``,
             ``missing_slices_key``, ...).
-        interpolate_slices: fill missing slices along this axis by linear interpolation (for networks
-            without a mask input); ``None`` leaves holes at 0.
-        fill: ``None``, ``"interpolate"`` or ``"soft"``: see :func:`network_input_transforms`.
-        mask_as_channel: append the mask as the image's last channel.
+        recipe: what the network is given (:class:`~pconv3d.transforms.InputRecipe`, by name or record);
+            ``None``: the image with its holes at 0, the mask beside it.
 
     Example:
         >>> from monai.data import DataLoader, Dataset
@@ -265,8 +230,7 @@ def train_transforms(
         steps += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
     if intensity:
         steps += [RandScaleIntensityd(IMAGE, factors=0.1, prob=0.5), RandGaussianNoised(IMAGE, prob=0.2, std=0.05)]
-    steps += [FillHolesd(IMAGE, mask_key=MASK), *network_input_transforms(fill, mask_as_channel, interpolate_slices),
-              EnsureTyped(KEYS, dtype=torch.float32)]
+    steps += [FillHolesd(IMAGE, mask_key=MASK), *_network_input(recipe), EnsureTyped(KEYS, dtype=torch.float32)]
     return Compose(steps)
 
 
@@ -277,9 +241,7 @@ def infer_transforms(
     normalize: str | None = "zscore",
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
-    interpolate_slices: int | None = None,
-    fill: str | None = None,
-    mask_as_channel: bool = False,
+    recipe: InputRecipe | str | Mapping[str, Any] | None = None,
 ) -> Compose:
     """Inference and evaluation transforms for entries ``{"image": path, "label": path?, "mask": path?}``.
 
@@ -295,9 +257,8 @@ def infer_transforms(
         normalize: ``"zscore"``, ``"percentile"`` or ``None``.
         reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
         mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd`.
-        interpolate_slices: fill missing slices along this axis by linear interpolation, or ``None``.
-        fill: ``None``, ``"interpolate"`` or ``"soft"``: see :func:`network_input_transforms`.
-        mask_as_channel: append the mask as the image's last channel.
+        recipe: what the network is given (:class:`~pconv3d.transforms.InputRecipe`, by name or record);
+            ``None``: the image with its holes at 0, the mask beside it.
 
     Example:
         >>> tf = infer_transforms(drop_slices={"fraction": 0.5, "pattern": "regular"})
@@ -308,8 +269,7 @@ def infer_transforms(
     steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
     if drop_slices is not None:
         steps.append(DropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
-    steps += [*_normalize(normalize), *network_input_transforms(fill, mask_as_channel, interpolate_slices),
-              EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
+    steps += [*_normalize(normalize), *_network_input(recipe), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
     return Compose(steps)
 
 

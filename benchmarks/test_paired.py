@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipelines.paired import paired_difference
+from benchmarks.paired import paired_difference
 
 
 def test_matches_a_t_interval_over_seed_averaged_cases():

@@ -16,7 +16,7 @@ along another axis, and masked regions (boxes), at :data:`FRACTIONS`; the same h
 Scores per case: foreground Dice on all voxels and on the missing voxels alone (:mod:`pipelines.evaluation`).
 Writes ``results.csv`` (a row per method, seed, case, pattern, fraction and class), ``summary.md`` (mean ± sd over
 seeds and cases, and each method minus the best baseline, paired over case, seed and holes, with a 95 %
-interval: :mod:`pipelines.paired`) and ``dice_vs_missing.png``. Trainings are reused when complete and resumed when
+interval: :mod:`benchmarks.paired`) and ``dice_vs_missing.png``. Trainings are reused when complete and resumed when
 interrupted, so the study can be stopped and started again. Run time on 2 CPU cores at 250 epochs: about 65 s
 per training, 5 methods x (3 candidates + 3 seeds) + 2 x 3 at twice the budget, about an hour in all.
 """
@@ -41,14 +41,14 @@ from monai.transforms import Compose, MapTransform
 from pconv3d.data import make_dataset
 from pconv3d.io.datalist import DATASET_JSON, generated_dataset_settings, load_datalist
 from pconv3d.io.sitk import atomic_write
-from pconv3d.transforms import DropSlicesd, FillHolesd, MaskedNormalizeIntensityd
-from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms, network_input_transforms
+from benchmarks.paired import paired_difference
+from pconv3d.transforms import DropSlicesd, FillHolesd, InputRecipe, MaskedNormalizeIntensityd, MaskRegionsd
+from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms
 from pipelines.bundle import run_workflow
 from pipelines.evaluation import score_case
 from pipelines.handlers import BEST, load_checkpoint, network_from_checkpoint
 from pipelines.outputs import training_state
-from pipelines.records import input_def
-from pipelines.paired import paired_difference
+from pipelines.records import input_recipe
 from pipelines.train import datalist_split
 
 UNET = "monai.networks.nets.UNet"
@@ -67,24 +67,27 @@ class Method:
     candidates: tuple[str, ...] = ("default", "often, all axes")
 
 
-# Every method spells out all three input switches (mask_input, fill_missing, mask_as_channel): a switch left
-# to train.yaml would change the method whenever the default does.
-PARTIAL = {"network_def#_target_": "pconv3d.networks.PartialUNet", "mask_input": True, "mask_as_channel": False}
-PLAIN = {"network_def#_target_": UNET, "mask_input": False, "mask_as_channel": False}
+def method(network: str, mask_input: bool = False, fill: str | None = None, mask_as_channel: bool = False,
+            **more: Any) -> dict[str, Any]:
+    """Training-config overrides of a method: its network and its whole input recipe, spelled out, so that a
+    method does not change whenever a config's default does."""
+    return {"network_def#_target_": network,
+            "recipe": {"mask_input": mask_input, "fill": fill, "mask_as_channel": mask_as_channel}, **more}
+
+
+PARTIAL, GATED = "pconv3d.networks.PartialUNet", "pconv3d.networks.GatedUNet"
 METHODS: dict[str, Method] = {
-    "unet_zero": Method("UNet, zero-filled", {**PLAIN, "fill_missing": None}, True),
-    "unet_interp": Method("UNet, interpolated", {**PLAIN, "fill_missing": "interpolate"}, True),
-    "unet_interp_noholes": Method("UNet, interpolated, trained on complete volumes", {
-        **PLAIN, "fill_missing": "interpolate"}, True, ("none",)),
-    "unet_interp_channel": Method("UNet, interpolated + mask channel", {
-        **PLAIN, "fill_missing": "interpolate", "mask_as_channel": True}, True),
-    "unet_wide_soft_channel": Method("UNet (GatedUNet's size), interpolated + confidence channel", {
-        **PLAIN, "fill_missing": "soft", "mask_as_channel": True, "network_def#channels": [22, 44, 88, 176]}, True),
-    "partial": Method("PartialUNet + mask", {**PARTIAL, "fill_missing": None}),
-    "partial_soft": Method("PartialUNet, interpolated + soft mask", {**PARTIAL, "fill_missing": "soft"}),
-    "gated": Method("GatedUNet, interpolated + confidence channel", {
-        "network_def#_target_": "pconv3d.networks.GatedUNet", "mask_input": False, "fill_missing": "soft",
-        "mask_as_channel": True}),
+    "unet_zero": Method("UNet, zero-filled", method(UNET), True),
+    "unet_interp": Method("UNet, interpolated", method(UNET, fill="interpolate"), True),
+    "unet_interp_noholes": Method("UNet, interpolated, trained on complete volumes", method(UNET, fill="interpolate"),
+                                  True, ("none",)),
+    "unet_interp_channel": Method("UNet, interpolated + mask channel",
+                                  method(UNET, fill="interpolate", mask_as_channel=True), True),
+    "unet_wide_soft_channel": Method("UNet (GatedUNet's size), interpolated + confidence channel", method(
+        UNET, fill="soft", mask_as_channel=True, **{"network_def#channels": [22, 44, 88, 176]}), True),
+    "partial": Method("PartialUNet + mask", method(PARTIAL, mask_input=True)),
+    "partial_soft": Method("PartialUNet, interpolated + soft mask", method(PARTIAL, mask_input=True, fill="soft")),
+    "gated": Method("GatedUNet, interpolated + confidence channel", method(GATED, fill="soft", mask_as_channel=True)),
 }
 # the same network at the setting that the validation screen (benchmarks/screen_designs.py) found best with
 # nothing missing: a second operating point, not a second tuning
@@ -114,39 +117,16 @@ PATTERNS: dict[str, tuple[str, int | None, str | None]] = {
 }
 
 
-class RegionHolesd(MapTransform):
-    """Masked regions for evaluation: random boxes (20-40 % of each axis) until ``fraction`` of the volume is
-    missing, drawn from ``seed`` and the case's file name, so every method and seed sees the same holes."""
-
-    def __init__(self, fraction: float, seed: int = 0) -> None:
-        super().__init__([MASK])
-        self.fraction, self.seed = fraction, seed
-
-    def __call__(self, data):
-        d = dict(data)
-        mask = d[MASK]
-        name = Path(str(mask.meta.get("filename_or_obj", ""))).name if hasattr(mask, "meta") else ""
-        rng = np.random.default_rng([self.seed, *name.encode()])
-        spatial = np.array(mask.shape[1:])
-        keep = np.ones(tuple(spatial), dtype=bool)
-        while 1 - keep.mean() < self.fraction:
-            size = np.maximum(1, (rng.uniform(0.2, 0.4, 3) * spatial).astype(int))
-            start = (rng.uniform(0, 1, 3) * (spatial - size + 1)).astype(int)
-            keep[tuple(slice(a, a + s) for a, s in zip(start, size))] = False
-        d[MASK] = mask * torch.as_tensor(keep, dtype=mask.dtype)[None]
-        return d
-
-
-def hole_transforms(pattern: str, fraction: float, fill: str | None, mask_as_channel: bool) -> Compose:
+def hole_transforms(pattern: str, fraction: float, recipe: InputRecipe) -> Compose:
     """Load a test case, cut ``pattern`` holes at ``fraction``, normalize what is left, and shape the network's
-    input (``fill``, ``mask_as_channel``). The mask before filling is kept under ``holes`` (1 = acquired)."""
+    input (``recipe``). The mask before filling is kept under ``holes`` (1 = acquired)."""
     kind, axis, slices = PATTERNS[pattern]
     holes: list[MapTransform] = []
     if fraction > 0:
         holes = [DropSlicesd(IMAGE, mask_key=MASK, fraction=fraction, pattern=slices, axis=axis, seed=0)
-                 if kind == "slices" else RegionHolesd(fraction), FillHolesd(IMAGE, mask_key=MASK)]
+                 if kind == "slices" else MaskRegionsd(IMAGE, mask_key=MASK, fraction=fraction), FillHolesd(IMAGE, mask_key=MASK)]
     return Compose([*infer_transforms(normalize=None).transforms, *holes, MaskedNormalizeIntensityd(IMAGE, mask_key=MASK),
-                    _KeepHoles(), *network_input_transforms(fill, mask_as_channel)])
+                    _KeepHoles(), *recipe.transforms()])
 
 
 class _KeepHoles(MapTransform):
@@ -177,15 +157,14 @@ def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fra
 def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions: Sequence[float],
            roi: Sequence[int], num_classes: int) -> list[dict[str, Any]]:
     network = network_from_checkpoint(run / BEST)
-    given = input_def(load_checkpoint(run / BEST), run / BEST)
+    recipe = input_recipe(load_checkpoint(run / BEST), run / BEST)
     rows = []
     for pattern in patterns:
         for fraction in fractions:
             for case in cases:
                 files = tuple((f, Path(f).stat().st_mtime_ns) for f in (case[IMAGE], case[LABEL]))
-                x, m, label, holes = _case_inputs(files, pattern, fraction, given.get("fill_missing"),
-                                                  bool(given.get("mask_as_channel")))
-                kwargs = {"condition": m} if given["mask_input"] else {}
+                x, m, label, holes = _case_inputs(files, pattern, fraction, recipe)
+                kwargs = {"condition": m} if recipe.mask_input else {}
                 logits = sliding_window_inference(x, roi, 4, network, overlap=0.25, **kwargs)
                 missing = ~holes
                 s = score_case(logits[0].argmax(0), label, num_classes, region=missing if missing.any() else None)
@@ -197,14 +176,14 @@ def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions:
 
 
 @functools.lru_cache(maxsize=1024)
-def _case_inputs(files: tuple[tuple[str, int], ...], pattern: str, fraction: float, fill: str | None,
-                 mask_as_channel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _case_inputs(files: tuple[tuple[str, int], ...], pattern: str, fraction: float,
+                 recipe: InputRecipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A case with its holes, as the network takes it: (image, mask) batched, the label and the acquired
     voxels (spatial). ``files``: the image and label paths with their modification times. Kept for the
     process, since every method and seed scores the same inputs: the key is everything they depend on (the
     files as written, and holes drawn from fixed seeds), so an entry never goes stale."""
     (image, _), (label, _) = files
-    d = hole_transforms(pattern, fraction, fill, mask_as_channel)({IMAGE: image, LABEL: label})
+    d = hole_transforms(pattern, fraction, recipe)({IMAGE: image, LABEL: label})
     return d[IMAGE][None].as_tensor(), d[MASK][None].as_tensor(), d[LABEL][0].as_tensor(), d["holes"][0]
 
 

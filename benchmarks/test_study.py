@@ -7,7 +7,8 @@ import json
 import numpy as np
 import torch
 
-from pipelines.study import PATTERNS, RegionHolesd, hole_transforms, run_study
+from benchmarks.study import PATTERNS, hole_transforms, run_study
+from pconv3d.transforms import RECIPES
 from tests.cli_helpers import TINY
 
 
@@ -19,32 +20,23 @@ def _tiny_overrides() -> dict:
 
 
 def test_every_method_spells_out_its_inputs():
-    """A switch left to train.yaml's default would change a method whenever that default changes."""
-    from pipelines.study import METHODS
+    """A setting left to train.yaml's default would change a method whenever that default changes."""
+    from benchmarks.study import METHODS
+    from pconv3d.transforms import InputRecipe
 
     for slug, method in METHODS.items():
-        assert {"network_def#_target_", "mask_input", "fill_missing", "mask_as_channel"} <= method.overrides.keys(), slug
+        assert "network_def#_target_" in method.overrides, slug
+        assert method.overrides["recipe"].keys() == InputRecipe().as_dict().keys(), slug
 
 
 def test_the_rarely_overlay_is_the_studied_setting():
     """configs/holes_rarely.yaml is what the study measured as "rarely, all axes"."""
     import yaml
 
-    from pipelines.study import CANDIDATES
+    from benchmarks.study import CANDIDATES
     from tests.cli_helpers import ROOT
 
     assert yaml.safe_load((ROOT / "configs" / "holes_rarely.yaml").read_text()) == CANDIDATES["rarely, all axes"]
-
-
-def test_region_holes_reach_the_fraction_and_depend_on_the_case_only():
-    from monai.data import MetaTensor
-
-    mask = MetaTensor(torch.ones(1, 20, 20, 20), meta={"filename_or_obj": "/a/case1.nii.gz"})
-    a = RegionHolesd(0.5)({"mask": mask})["mask"]
-    b = RegionHolesd(0.5)({"mask": mask.clone()})["mask"]
-    assert 0.5 <= 1 - float(a.mean()) < 0.9 and torch.equal(a, b)
-    other = MetaTensor(torch.ones(1, 20, 20, 20), meta={"filename_or_obj": "/a/case2.nii.gz"})
-    assert not torch.equal(a, RegionHolesd(0.5)({"mask": other})["mask"])
 
 
 def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
@@ -81,7 +73,7 @@ def test_hole_transforms_keep_the_acquired_voxels(dataset):
     image = sorted((dataset / "imagesTs").iterdir())[0]
     label = sorted((dataset / "labelsTs").iterdir())[0]
     for pattern in PATTERNS:
-        d = hole_transforms(pattern, 0.5, "soft", True)({"image": str(image), "label": str(label)})
+        d = hole_transforms(pattern, 0.5, RECIPES["gated"])({"image": str(image), "label": str(label)})
         assert d["image"].shape[0] == 2  # image and mask channel
         holes = d["holes"]
         assert 0.3 < 1 - float(holes.float().mean()) < 0.9, pattern
