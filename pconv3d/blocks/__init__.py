@@ -18,7 +18,7 @@ from pconv3d.blocks.dynunet_block import (
     PartialUnetResBlock,
     PartialUnetUpBlock,
 )
-from pconv3d.blocks.gated import GatedConvolution, GatedResidualUnit
+from pconv3d.blocks.gated import GATE_BIAS, Gated, GatedConvolution, GatedResidualUnit, gate_for
 from pconv3d.blocks.norm import (
     MaskedBatchNorm1d,
     MaskedBatchNorm2d,
@@ -64,8 +64,11 @@ __all__ = [
     "PartialUnetResBlock",
     "PartialUnetUpBlock",
     "PartialUnetOutBlock",
+    "GATE_BIAS",
+    "Gated",
     "GatedConvolution",
     "GatedResidualUnit",
+    "gate_for",
     "PartialResBlock",
     "PartialNormActConv",
 ]

@@ -2,77 +2,176 @@
 
 Gated convolution (Yu et al., "Free-Form Image Inpainting with Gated Convolution", ICCV 2019) lets the
 network learn where its input can be trusted instead of being told by a fixed mask rule: a block's output is
-multiplied by ``sigmoid(gate(x))``, ``gate`` a convolution with the block's geometry (kernel, stride, and for
-transposed blocks the same upsampling). The mask reaches the gates as an input channel
-(``mask_as_channel``), so the first gates see it directly and later ones see what the features make of it.
+multiplied by ``sigmoid(gate(x))``, ``gate`` a convolution of the block's input. The mask reaches the gates as
+an input channel (``mask_as_channel``), so the first gates see it directly and later ones see what the
+features make of it.
 
-The blocks subclass MONAI's, so their ``state_dict`` keys are MONAI's plus ``gate.weight`` and ``gate.bias``:
-a trained MONAI network's weights load with ``strict=False`` (only the gates are new), and a gate whose
-sigmoid is 1 gives MONAI's block exactly.
+Design: composition. :class:`Gated` holds a MONAI block, untouched, and its gate; :func:`gate_for` builds the
+gate from the block's own convolution layer (kernel, stride, padding, dilation, groups, and for transposed
+blocks the output padding), so the two cannot disagree whatever arguments the block was given.
+:class:`GatedConvolution` and :class:`GatedResidualUnit` take MONAI's arguments, build MONAI's block with all
+of them and gate it; indexing a ``GatedConvolution`` indexes MONAI's ``Convolution`` (``block[-1]`` is its
+last layer, never the gate).
+
+``state_dict`` keys are the block's own (no ``block.`` prefix) plus ``gate.weight`` and ``gate.bias``, as if
+the gate were a child of MONAI's block: a trained MONAI network's weights load with ``strict=False`` (only the
+gates are new), and a gate whose sigmoid is 1 gives MONAI's block exactly. ``named_parameters`` and
+``named_modules`` show the composition (``block.conv.weight``); the ``state_dict`` and ``load_state_dict``
+hooks of :class:`Gated` translate between the two (loading accepts both spellings). TorchScript keeps no
+Python hooks, so a scripted gated module's ``state_dict`` has the composed keys (which the eager one loads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution, ResidualUnit
-from monai.networks.layers.convutils import same_padding, stride_minus_kernel_padding
 from monai.networks.layers.factories import Conv
 from torch import Tensor
+from torch.nn.modules.conv import _ConvNd
 
-__all__ = ["GatedConvolution", "GatedResidualUnit", "gate_conv"]
+__all__ = ["GATE_BIAS", "Gated", "GatedConvolution", "GatedResidualUnit", "gate_for"]
 
 # a new gate starts mostly open (sigmoid(2) = 0.88), so a gated network starts close to its plain twin
 GATE_BIAS = 2.0
 
 
-def gate_conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: Sequence[int] | int,
-              strides: Sequence[int] | int, is_transposed: bool = False) -> nn.Module:
-    """The gating convolution of a block: same kernel, stride, padding (and output padding) as the block's."""
-    padding = same_padding(kernel_size)
-    if is_transposed:
-        gate = Conv[Conv.CONVTRANS, spatial_dims](in_channels, out_channels, kernel_size, strides, padding,
-                                                  output_padding=stride_minus_kernel_padding(1, strides))
-    else:
-        gate = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, strides, padding)
+def gate_for(conv: nn.Module) -> nn.Module:
+    """A gating convolution with ``conv``'s geometry, from MONAI's ``Conv`` factory, its bias at ``GATE_BIAS``.
+
+    Same channels, kernel size, stride, padding (and padding mode), dilation and groups as ``conv``; for a
+    transposed ``conv`` a transposed convolution with the same output padding. So the gate's output has the
+    shape of ``conv``'s for any input. The gate always has a bias (it starts the gate open), whether or not
+    ``conv`` has one.
+
+    Args:
+        conv: a convolution layer (``torch.nn.Conv1d`` ... ``ConvTranspose3d`` or a subclass).
+
+    Raises:
+        ValueError: if ``conv`` is not a convolution layer.
+
+    Example::
+
+        >>> gate = gate_for(nn.Conv3d(2, 8, 3, stride=2, padding=2, dilation=2))
+        >>> gate.stride, gate.padding, gate.dilation, gate.bias[0].item()
+        ((2, 2, 2), (2, 2, 2), (2, 2, 2), 2.0)
+    """
+    if not isinstance(conv, _ConvNd):
+        raise ValueError(f"a gate copies the geometry of a convolution layer, not of {type(conv).__name__}")
+    geometry: dict[str, Any] = dict(
+        kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+        groups=conv.groups, padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+    )
+    if conv.transposed:
+        geometry["output_padding"] = conv.output_padding
+    kind = Conv.CONVTRANS if conv.transposed else Conv.CONV
+    gate = Conv[kind, len(conv.kernel_size)](conv.in_channels, conv.out_channels, **geometry)
     nn.init.constant_(gate.bias, GATE_BIAS)
     return gate
 
 
-class GatedConvolution(Convolution):
-    """MONAI ``Convolution`` whose output is gated: ``Convolution(x) * sigmoid(gate(x))``.
+class Gated(nn.Module):
+    """A block whose output is gated: ``block(x) * sigmoid(gate(x))``.
 
-    Same arguments as ``monai.networks.blocks.Convolution`` (``padding``, ``dilation`` and ``groups`` left
-    at their defaults), transposed too.
+    ``state_dict`` keys are ``block``'s without the ``block.`` prefix, then ``gate.*`` (see the module
+    docstring); ``load_state_dict`` takes them so, or prefixed (``named_parameters``' names). The errors of a
+    strict ``load_state_dict`` name the prefixed keys.
+
+    Args:
+        block: any module with nothing named ``gate`` or ``block`` (its keys would be ambiguous).
+        gate: a module of ``x`` whose output broadcasts against ``block(x)``, e.g. :func:`gate_for` of the
+            block's convolution layer.
+
+    Raises:
+        ValueError: if ``block`` has a child, parameter or buffer named ``gate`` or ``block``.
 
     Example::
 
-        >>> block = GatedConvolution(3, 2, 8, strides=2)
-        >>> block(torch.randn(1, 2, 16, 16, 16)).shape
-        torch.Size([1, 8, 8, 8, 8])
+        >>> conv = nn.Conv3d(2, 8, 3, padding=1)
+        >>> gated = Gated(conv, gate_for(conv))
+        >>> gated(torch.randn(1, 2, 8, 8, 8)).shape, list(gated.state_dict())
+        (torch.Size([1, 8, 8, 8, 8]), ['weight', 'bias', 'gate.weight', 'gate.bias'])
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, strides: Sequence[int] | int = 1,
-                 kernel_size: Sequence[int] | int = 3, is_transposed: bool = False, **kwargs) -> None:
-        super().__init__(spatial_dims, in_channels, out_channels, strides=strides, kernel_size=kernel_size,
-                         is_transposed=is_transposed, **kwargs)
-        self.gate = gate_conv(spatial_dims, in_channels, out_channels, kernel_size, strides, is_transposed)
+    def __init__(self, block: nn.Module, gate: nn.Module) -> None:
+        super().__init__()
+        clashes = sorted(_local_names(block) & {"block", "gate"})
+        if clashes:
+            raise ValueError(f"{type(block).__name__} has its own {clashes}: its state_dict keys would be ambiguous")
+        self.block = block
+        self.gate = gate
+        self.register_state_dict_post_hook(_unprefix_block)
+        self.register_load_state_dict_pre_hook(_prefix_block)
 
     def forward(self, x: Tensor) -> Tensor:
-        # MONAI's Convolution is a Sequential of its children, which now include the gate: run its own two
-        y = self.conv(x)
-        if hasattr(self, "adn"):
-            y = self.adn(y)
-        return y * torch.sigmoid(self.gate(x))
+        return self.block(x) * torch.sigmoid(self.gate(x))
 
 
-class GatedResidualUnit(ResidualUnit):
-    """MONAI ``ResidualUnit`` whose output (convolutions plus residual) is gated by ``sigmoid(gate(x))``.
+def _local_names(module: nn.Module) -> set[str]:
+    """The first components of ``module``'s ``state_dict`` keys: its children, parameters and buffers."""
+    return ({name for name, _ in module.named_children()} | {name for name, _ in module.named_parameters(recurse=False)}
+            | {name for name, _ in module.named_buffers(recurse=False)})
 
-    Same arguments as ``monai.networks.blocks.ResidualUnit`` (``padding`` and ``dilation`` at their
-    defaults).
+
+def _unprefix_block(module: Gated, state_dict: dict[str, Any], prefix: str, local_metadata: dict) -> None:
+    """``state_dict`` hook: ``{prefix}block.{key}`` becomes ``{prefix}{key}``, in the same order."""
+    nested = prefix + "block."
+    for key in [k for k in state_dict if k.startswith(prefix)]:  # this module's keys: the last ones
+        value = state_dict.pop(key)
+        state_dict[prefix + key[len(nested):] if key.startswith(nested) else key] = value
+    metadata: dict[str, Any] | None = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        metadata.pop(nested[:-1], None)  # the block's own entry: the module's is at prefix
+        for key in [k for k in metadata if k.startswith(nested)]:
+            metadata[prefix + key[len(nested):]] = metadata.pop(key)
+
+
+def _prefix_block(module: Gated, state_dict: dict[str, Any], prefix: str, local_metadata: dict, strict: bool,
+                  missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+    """``load_state_dict`` pre-hook: ``{prefix}{key}`` becomes ``{prefix}block.{key}`` for the block's keys."""
+    names = _local_names(module.block)
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in names]:
+        state_dict[prefix + "block." + key[len(prefix):]] = state_dict.pop(key)
+
+
+class GatedConvolution(Gated):
+    """MONAI ``Convolution`` whose output is gated: ``Convolution(x) * sigmoid(gate(x))``.
+
+    All arguments are ``monai.networks.blocks.Convolution``'s (``padding``, ``dilation``, ``groups``,
+    ``is_transposed``, ``output_padding`` ... included), handed to it unchanged; the gate has the geometry
+    of its convolution layer (:func:`gate_for`). Indexing, iterating and ``len`` are the ``Convolution``'s.
+
+    Example::
+
+        >>> block = GatedConvolution(3, 2, 8, strides=2, dilation=2)
+        >>> block(torch.randn(1, 2, 16, 16, 16)).shape
+        torch.Size([1, 8, 8, 8, 8])
+        >>> block.gate.dilation, type(block[-1]).__name__
+        ((2, 2, 2), 'ADN')
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        block = Convolution(*args, **kwargs)
+        super().__init__(block, gate_for(block.conv))
+
+    def __getitem__(self, index: int | slice) -> nn.Module:
+        return self.block[index]
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self.block)
+
+
+class GatedResidualUnit(Gated):
+    """MONAI ``ResidualUnit`` whose output (convolutions plus residual) is gated: ``unit(x) * sigmoid(gate(x))``.
+
+    All arguments are ``monai.networks.blocks.ResidualUnit``'s (``padding`` and ``dilation`` included), handed
+    to it unchanged; the gate has the geometry of the unit's first convolution layer (:func:`gate_for`),
+    which sets the unit's stride and output size.
 
     Example::
 
@@ -81,11 +180,6 @@ class GatedResidualUnit(ResidualUnit):
         torch.Size([1, 8, 8, 8, 8])
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, strides: Sequence[int] | int = 1,
-                 kernel_size: Sequence[int] | int = 3, **kwargs) -> None:
-        super().__init__(spatial_dims, in_channels, out_channels, strides=strides, kernel_size=kernel_size, **kwargs)
-        self.gate = gate_conv(spatial_dims, in_channels, out_channels, kernel_size, strides)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # MONAI's ResidualUnit.forward, spelled out: TorchScript compiles no super() call
-        return (self.conv(x) + self.residual(x)) * torch.sigmoid(self.gate(x))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        block = ResidualUnit(*args, **kwargs)
+        super().__init__(block, gate_for(block.conv.unit0.conv))

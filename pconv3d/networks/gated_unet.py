@@ -7,6 +7,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import UNet
 
 from pconv3d.blocks.gated import GatedConvolution, GatedResidualUnit
+from pconv3d.networks.unet import unet_down_layer, unet_up_layer
 
 __all__ = ["GatedUNet"]
 
@@ -18,8 +19,8 @@ class GatedUNet(UNet):
     by ``sigmoid`` of a convolution of its input, with the block's geometry. The top decoder block, which
     writes the logits, is MONAI's, ungated. Give the mask as the input's last channel (``in_channels`` =
     image channels + 1; the configs' ``mask_as_channel: true``), with the holes filled
-    (``fill_missing: interpolate`` or ``soft``). ``state_dict`` keys are ``UNet``'s plus the gates', so a
-    trained ``UNet``'s weights load with ``strict=False``.
+    (``fill_missing: interpolate`` or ``soft``). ``state_dict`` keys are ``UNet``'s plus the gates'
+    (``<block>.gate.weight``, ``<block>.gate.bias``), so a trained ``UNet``'s weights load with ``strict=False``.
 
     Example::
 
@@ -34,24 +35,11 @@ class GatedUNet(UNet):
     # parameters a ``UNet`` of the same arguments does not have: all a trained UNet's weights leave new
     added_parameters = ("gate.weight", "gate.bias")
 
-    def _block_args(self) -> dict:
-        return dict(act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias, adn_ordering=self.adn_ordering)
-
     def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
-        if self.num_res_units > 0:
-            return GatedResidualUnit(self.dimensions, in_channels, out_channels, strides=strides,
-                                     kernel_size=self.kernel_size, subunits=self.num_res_units, **self._block_args())
-        return GatedConvolution(self.dimensions, in_channels, out_channels, strides=strides,
-                                kernel_size=self.kernel_size, **self._block_args())
+        return unet_down_layer(self, GatedConvolution, GatedResidualUnit, in_channels, out_channels, strides)
 
     def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
         # the top block writes the logits: a gate there would only pull them towards 0
-        conv_type = Convolution if is_top else GatedConvolution
-        conv = conv_type(self.dimensions, in_channels, out_channels, strides=strides, kernel_size=self.up_kernel_size,
-                         conv_only=is_top and self.num_res_units == 0, is_transposed=True, **self._block_args())
-        if self.num_res_units == 0:
-            return conv
-        unit_type = ResidualUnit if is_top else GatedResidualUnit
-        ru = unit_type(self.dimensions, out_channels, out_channels, strides=1, kernel_size=self.kernel_size,
-                       subunits=1, last_conv_only=is_top, **self._block_args())
-        return nn.Sequential(conv, ru)
+        if is_top:
+            return unet_up_layer(self, Convolution, ResidualUnit, in_channels, out_channels, strides, is_top)
+        return unet_up_layer(self, GatedConvolution, GatedResidualUnit, in_channels, out_channels, strides, is_top)

@@ -1,6 +1,6 @@
 """``PartialUNet``: MONAI's ``UNet`` built from partial blocks, whose predictions ignore missing voxels."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch.nn as nn
@@ -12,7 +12,90 @@ from pconv3d.blocks import PartialConvolution, PartialResidualUnit, PartialSeque
 from pconv3d.mask import as_carrier
 from pconv3d.networks.utils import resolve_mask
 
-__all__ = ["PartialUNet"]
+__all__ = ["PartialUNet", "unet_down_layer", "unet_up_layer"]
+
+
+def _block_args(net: UNet) -> dict:
+    """The block arguments MONAI's ``UNet`` gives every layer."""
+    return dict(act=net.act, norm=net.norm, dropout=net.dropout, bias=net.bias, adn_ordering=net.adn_ordering)
+
+
+def unet_down_layer(
+    net: UNet,
+    conv_type: Callable[..., nn.Module],
+    unit_type: Callable[..., nn.Module],
+    in_channels: int,
+    out_channels: int,
+    strides: int,
+) -> nn.Module:
+    """An encoder (or bottom) layer of ``net`` built as MONAI's ``UNet._get_down_layer`` builds it, from other
+    blocks: a ``unit_type`` of ``num_res_units`` subunits if ``num_res_units > 0``, else a ``conv_type``.
+
+    Args:
+        net: the ``UNet`` (or subclass) the layer is for: its ``kernel_size``, ``num_res_units``, ``act``,
+            ``norm``, ``dropout``, ``bias`` and ``adn_ordering``.
+        conv_type: MONAI's ``Convolution`` or a block with its arguments.
+        unit_type: MONAI's ``ResidualUnit`` or a block with its arguments.
+        in_channels: number of input channels.
+        out_channels: number of output channels.
+        strides: convolution stride.
+
+    Example::
+
+        >>> net = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=2)
+        >>> blocks = monai.networks.blocks
+        >>> layer = unet_down_layer(net, blocks.Convolution, blocks.ResidualUnit, 1, 4, 2)
+        >>> list(layer.state_dict()) == list(net.model[0].state_dict())
+        True
+    """
+    if net.num_res_units > 0:
+        return unit_type(net.dimensions, in_channels, out_channels, strides=strides, kernel_size=net.kernel_size,
+                         subunits=net.num_res_units, **_block_args(net))
+    return conv_type(net.dimensions, in_channels, out_channels, strides=strides, kernel_size=net.kernel_size,
+                     **_block_args(net))
+
+
+def unet_up_layer(
+    net: UNet,
+    conv_type: Callable[..., nn.Module],
+    unit_type: Callable[..., nn.Module],
+    in_channels: int,
+    out_channels: int,
+    strides: int,
+    is_top: bool,
+    sequential_type: Callable[..., nn.Module] = nn.Sequential,
+) -> nn.Module:
+    """A decoder layer of ``net`` built as MONAI's ``UNet._get_up_layer`` builds it, from other blocks: a
+    transposed ``conv_type`` (without norm and activation at the top if ``num_res_units == 0``), followed, if
+    ``num_res_units > 0``, by a one-subunit ``unit_type`` (its last convolution alone at the top), the two in a
+    ``sequential_type``.
+
+    Args:
+        net: the ``UNet`` (or subclass) the layer is for: its ``up_kernel_size``, ``kernel_size``,
+            ``num_res_units``, ``act``, ``norm``, ``dropout``, ``bias`` and ``adn_ordering``.
+        conv_type: MONAI's ``Convolution`` or a block with its arguments.
+        unit_type: MONAI's ``ResidualUnit`` or a block with its arguments.
+        in_channels: number of input channels.
+        out_channels: number of output channels.
+        strides: convolution stride.
+        is_top: the layer writes the network's output.
+        sequential_type: ``torch.nn.Sequential`` or a container called the same way.
+
+    Example::
+
+        >>> net = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=1)
+        >>> blocks = monai.networks.blocks
+        >>> layer = unet_up_layer(net, blocks.Convolution, blocks.ResidualUnit, 4 + 8, 2, 2, is_top=True)
+        >>> [type(block).__name__ for block in layer], list(layer.state_dict()) == list(net.model[2].state_dict())
+        (['Convolution', 'ResidualUnit'], True)
+    """
+    conv = conv_type(net.dimensions, in_channels, out_channels, strides=strides, kernel_size=net.up_kernel_size,
+                     conv_only=is_top and net.num_res_units == 0, is_transposed=True, **_block_args(net))
+    if net.num_res_units == 0:
+        return conv
+    unit = unit_type(net.dimensions, out_channels, out_channels, strides=1, kernel_size=net.kernel_size,
+                     subunits=1, last_conv_only=is_top, **_block_args(net))
+    return sequential_type(conv, unit)
 
 
 class PartialUNet(UNet):
@@ -81,30 +164,11 @@ class PartialUNet(UNet):
         return PartialSequential(down_path, PartialSkipConnection(subblock), up_path)
 
     def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
-        common = dict(
-            strides=strides, kernel_size=self.kernel_size, act=self.act, norm=self.norm, dropout=self.dropout,
-            bias=self.bias, adn_ordering=self.adn_ordering,
-        )
-        if self.num_res_units > 0:
-            return PartialResidualUnit(
-                self.dimensions, in_channels, out_channels, subunits=self.num_res_units, **common
-            )
-        return PartialConvolution(self.dimensions, in_channels, out_channels, **common)
+        return unet_down_layer(self, PartialConvolution, PartialResidualUnit, in_channels, out_channels, strides)
 
     def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
-        conv = PartialConvolution(
-            self.dimensions, in_channels, out_channels, strides=strides, kernel_size=self.up_kernel_size,
-            act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias,
-            conv_only=is_top and self.num_res_units == 0, is_transposed=True, adn_ordering=self.adn_ordering,
-        )
-        if self.num_res_units == 0:
-            return conv
-        ru = PartialResidualUnit(
-            self.dimensions, out_channels, out_channels, strides=1, kernel_size=self.kernel_size, subunits=1,
-            act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias, last_conv_only=is_top,
-            adn_ordering=self.adn_ordering,
-        )
-        return PartialSequential(conv, ru)
+        return unet_up_layer(self, PartialConvolution, PartialResidualUnit, in_channels, out_channels, strides, is_top,
+                             PartialSequential)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
         x, mask = resolve_mask(x, mask, condition, self.mask_channel)
