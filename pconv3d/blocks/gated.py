@@ -3,7 +3,7 @@
 Gated convolution (Yu et al., "Free-Form Image Inpainting with Gated Convolution", ICCV 2019) lets the
 network learn where its input can be trusted instead of being told by a fixed mask rule: a block's output is
 multiplied by ``sigmoid(gate(x))``, ``gate`` a convolution of the block's input. The mask reaches the gates as
-an input channel (``mask_as_channel``), so the first gates see it directly and later ones see what the
+an input channel (the input recipe's ``mask_as_channel``), so the first gates see it directly and later ones see what the
 features make of it.
 
 Design: composition. :class:`Gated` holds a MONAI block, untouched, and its gate; :func:`gate_for` builds the

@@ -18,8 +18,8 @@ class GatedUNet(UNet):
     Every encoder, bottom and decoder block is gated (:mod:`pconv3d.blocks.gated`): its output is multiplied
     by ``sigmoid`` of a convolution of its input, with the block's geometry. The top decoder block, which
     writes the logits, is MONAI's, ungated. Give the mask as the input's last channel (``in_channels`` =
-    image channels + 1; the configs' ``mask_as_channel: true``), with the holes filled
-    (``fill_missing: interpolate`` or ``soft``). ``state_dict`` keys are ``UNet``'s plus the gates'
+    image channels + 1), with the holes filled: the input recipe ``gated``
+    (:data:`pconv3d.transforms.RECIPES`). ``state_dict`` keys are ``UNet``'s plus the gates'
     (``<block>.gate.weight``, ``<block>.gate.bias``), so a trained ``UNet``'s weights load with ``strict=False``.
 
     Example::
