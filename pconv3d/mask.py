@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Mask", "as_carrier", "as_given", "tensor_of", "first_channel", "any_channel", "mask_union",
-           "mask_intersection", "pad_mask"]
+           "mask_intersection", "pad_mask", "shuffle_mask"]
 
 
 def _graph_mode() -> bool:
@@ -282,3 +282,27 @@ def pad_mask(mask: Tensor, pad: list[int], mode: str) -> Tensor:
         return F.pad(mask, pad, mode)
     copies = mode in ("replicate", "reflect", "circular")
     return mask.then(F.pad(mask.tensor, pad, mode), binary=mask._binary, all_valid=mask._all_valid if copies else None)
+
+
+def shuffle_mask(mask: Tensor, scale_factor: int) -> Tensor:
+    """The mask of a pixel shuffle (``monai.networks.utils.pixelshuffle``) of features whose channels share
+    ``mask``: every sub-pixel voxel has the validity of the voxel it came from, so each voxel is repeated
+    ``scale_factor`` times along every spatial axis (the pixel shuffle of the mask copied to every
+    sub-pixel channel). Binary and all-valid masks stay so.
+
+    Example::
+
+        >>> shuffle_mask(torch.tensor([[[1.0, 0.0, 1.0]]]), 2)
+        tensor([[[1., 1., 0., 0., 1., 1.]]])
+    """
+    if torch.jit.is_scripting():
+        return _repeat_voxels(mask, scale_factor)
+    if not isinstance(mask, Mask):
+        return _repeat_voxels(mask, scale_factor)
+    return mask.then(_repeat_voxels(mask.tensor, scale_factor), binary=mask._binary, all_valid=mask._all_valid)
+
+
+def _repeat_voxels(t: Tensor, times: int) -> Tensor:
+    for dim in range(2, t.dim()):
+        t = t.repeat_interleave(times, dim=dim)
+    return t

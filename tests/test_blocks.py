@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import ADN, Convolution, ResidualUnit, UpSample
+from monai.networks.blocks import ADN, Convolution, ResidualUnit, SubpixelUpsample, UpSample
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetUpBlock
 from monai.networks.layers.factories import Conv, Norm
 
@@ -22,6 +24,7 @@ from pconv3d.blocks import (
     PartialResidualUnit,
     PartialSequential,
     PartialSkipConnection,
+    PartialSubpixelUpsample,
     PartialUnetBasicBlock,
     PartialUnetOutBlock,
     PartialUnetResBlock,
@@ -30,6 +33,7 @@ from pconv3d.blocks import (
     mask_union,
 )
 from tests.masks import FILLS, fill_holes, holes, run
+from tests.oracle import partial_conv_oracle, windows
 
 # (name, partial builder, MONAI builder or None, in_channels, spatial dims); every block maps (x, mask) -> (y, mask)
 BLOCKS = [
@@ -78,6 +82,19 @@ BLOCKS = [
         lambda: PartialUpSample(2, 2, 2, mode="nontrainable", interp_mode="nearest", align_corners=None),
         lambda: UpSample(2, 2, 2, mode="nontrainable", interp_mode="nearest", align_corners=None),
         2, 2,
+    ),
+    ("upsample_pixelshuffle", lambda: PartialUpSample(3, 2, 4, mode="pixelshuffle"), lambda: UpSample(3, 2, 4, mode="pixelshuffle"), 2, 3),
+    (
+        "upsample_pixelshuffle_2d_x3_no_pool",
+        lambda: PartialUpSample(2, 2, 3, scale_factor=3, mode="pixelshuffle", apply_pad_pool=False, bias=False),
+        lambda: UpSample(2, 2, 3, scale_factor=3, mode="pixelshuffle", apply_pad_pool=False, bias=False),
+        2, 2,
+    ),
+    (
+        "upsample_pixelshuffle_1d_no_preconv",
+        lambda: PartialUpSample(1, 4, mode="pixelshuffle", pre_conv=None),
+        lambda: UpSample(1, 4, mode="pixelshuffle", pre_conv=None),
+        4, 1,
     ),
     ("maxpool", lambda: PartialMaxPool(3, kernel_size=2), None, 2, 3),
     ("skip_cat", lambda: PartialSkipConnection(PartialConvolution(3, 2, 3)), None, 2, 3),
@@ -249,6 +266,50 @@ def test_normalized_interpolation():
     assert torch.equal(mo, (den > 0).float())
 
 
+@pytest.mark.parametrize(
+    "dims,scale,pad_pool,soft",
+    [(3, 2, True, False), (2, 3, True, True), (2, 2, False, False), (1, 3, True, False)],
+    ids=["3d_x2", "2d_x3_soft_mask", "2d_x2_no_pool", "1d_x3"],
+)
+def test_pixelshuffle_matches_oracle(dims, scale, pad_pool, soft):
+    """The sub-pixel convolution from its formula: a partial convolution (tests/oracle.py), every sub-pixel
+    voxel taken from its channel with the validity of its source voxel, then the pad-pool as the average of
+    the valid voxels of each window (its padding missing)."""
+    up = PartialSubpixelUpsample(dims, 2, 3, scale_factor=scale, apply_pad_pool=pad_pool).double()
+    spatial = (5,) * dims
+    x = torch.randn((2, 2) + spatial, dtype=torch.float64)
+    m = holes((2, 1) + spatial, frac=0.5, block=False).double()
+    if soft:
+        m = m * torch.rand(m.shape, dtype=torch.float64)
+    y, mo = up(fill_holes(x, m, float("nan")), m)
+    ones = (1,) * dims
+    conv, valid = partial_conv_oracle(x, up.conv_block.weight, up.conv_block.bias, m, stride=ones, padding=ones,
+                                      dilation=ones, groups=1)
+    conv = conv.reshape((2, 3, scale**dims) + spatial)  # channel c * scale**dims + k: sub-pixel k of channel c
+    out_shape = tuple(scale * s for s in spatial)
+    want = torch.zeros((2, 3) + out_shape, dtype=torch.float64)
+    want_mask = torch.zeros((2, 1) + out_shape, dtype=torch.float64)
+    for k, offsets in enumerate(itertools.product(range(scale), repeat=dims)):  # the last axis's offset fastest
+        at = (slice(None), slice(None)) + tuple(slice(o, None, scale) for o in offsets)
+        want[at] = conv[:, :, k]
+        want_mask[at] = valid
+    if pad_pool:
+        # each voxel and its scale - 1 predecessors along every axis, beyond the border nothing valid
+        pad = [scale - 1, 0] * dims
+        values, _ = windows(F.pad(want, pad), (scale,) * dims, ones, ones)
+        weights, _ = windows(F.pad(want_mask, pad), (scale,) * dims, ones, ones)
+        count = weights.sum(-1)
+        mean = torch.where(count > 0, (values * weights).sum(-1) / count.clamp_min(1), 0.0)
+        want, want_mask = mean.reshape(want.shape), (count > 0).double().reshape(want_mask.shape)
+    torch.testing.assert_close(y, want)
+    assert torch.equal(mo, want_mask)
+    # MONAI's SubpixelUpsample wherever every window lies in the image and every voxel is valid
+    theirs = SubpixelUpsample(dims, 2, 3, scale_factor=scale, apply_pad_pool=pad_pool).double()
+    theirs.load_state_dict(up.state_dict(), strict=True)
+    inner = (slice(None), slice(None)) + (slice(scale + pad_pool * (scale - 1), -scale),) * dims
+    torch.testing.assert_close(up(x)[0][inner], theirs(x)[inner])
+
+
 def test_skip_and_residual_mask_rules():
     a = torch.tensor([[[0.0, 1.0, 1.0, 0.0]]])
     b = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])
@@ -315,8 +376,11 @@ def test_factories_register_new_names_only():
     )
     with pytest.raises(ValueError, match="mask-aware"):
         PartialConvolution(3, 1, 4, norm=("layer", {"normalized_shape": (8, 8, 8)}))
-    with pytest.raises(ValueError, match="pixelshuffle"):
-        PartialUpSample(3, 4, 4, mode="pixelshuffle")
+    # a module of the user's own has no known mask rule
+    with pytest.raises(ValueError, match="custom pre_conv"):
+        PartialUpSample(3, 4, 4, mode="pixelshuffle", pre_conv=nn.Conv3d(4, 32, 3, padding=1))
+    with pytest.raises(ValueError, match="custom conv_block"):
+        PartialSubpixelUpsample(3, 4, 4, conv_block=nn.Conv3d(4, 32, 3, padding=1))
 
 
 def test_fully_masked_block_gives_zeros():

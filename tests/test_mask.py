@@ -245,6 +245,8 @@ def test_off_the_cpu_forward_never_synchronises():
         PartialBasicUNet(3, 1, 2, features=(4, 4, 8, 8, 8, 4)),
         PartialDynUNet(3, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 8]),
         PartialSegResNet(3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1), blocks_up=(1,)),
+        PartialSegResNet(3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1), blocks_up=(1,),
+                         upsample_mode="pixelshuffle"),
     ]
     for net in nets:
         net.to("meta")
@@ -277,10 +279,11 @@ def partial_layers(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
         lambda: PartialUNet(3, 1, 2, channels=(4, 8, 8), strides=(2, 2)),
         lambda: PartialBasicUNet(3, 1, 2, features=(4, 4, 8, 8, 8, 4)),
         lambda: PartialBasicUNet(3, 1, 2, features=(4, 4, 8, 8, 8, 4), upsample="nontrainable"),
+        lambda: PartialBasicUNet(3, 1, 2, features=(4, 4, 8, 8, 8, 4), upsample="pixelshuffle"),
         lambda: PartialDynUNet(3, 1, 2, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2],
                                filters=[4, 8, 8, 8], res_block=True, deep_supervision=True, deep_supr_num=2),
     ],
-    ids=["unet_res", "unet", "basic", "basic_nontrainable", "dyn_res_deep"],
+    ids=["unet_res", "unet", "basic", "basic_nontrainable", "basic_pixelshuffle", "dyn_res_deep"],
 )
 def test_forward_hooks_fire_on_every_partial_convolution(net):
     net = net().train()

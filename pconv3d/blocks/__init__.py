@@ -31,7 +31,7 @@ from pconv3d.blocks.norm import (
 )
 from pconv3d.blocks.residual import PartialIdentity, PartialResidualUnit
 from pconv3d.blocks.segresnet_block import PartialNormActConv, PartialResBlock
-from pconv3d.blocks.sampling import PartialMaxPool, PartialUpSample
+from pconv3d.blocks.sampling import NormalizedFilter, PartialMaxPool, PartialSubpixelUpsample, PartialUpSample
 from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection
 from pconv3d.mask import any_channel, mask_union
 
@@ -59,6 +59,8 @@ __all__ = [
     "any_channel",
     "mask_union",
     "PartialMaxPool",
+    "NormalizedFilter",
+    "PartialSubpixelUpsample",
     "PartialUpSample",
     "PartialUnetBasicBlock",
     "PartialUnetResBlock",

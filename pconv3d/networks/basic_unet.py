@@ -10,7 +10,14 @@ from monai.networks.layers.factories import Conv
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
 
-from pconv3d.blocks import PARTIAL_CONV, PartialConvolution, PartialMaxPool, PartialSequential, PartialUpSample
+from pconv3d.blocks import (
+    PARTIAL_CONV,
+    PartialConvolution,
+    PartialMaxPool,
+    PartialSequential,
+    PartialUpSample,
+    masked_norm,
+)
 from pconv3d.mask import as_carrier, as_given, mask_union, pad_mask
 from pconv3d.networks.utils import resolve_mask
 
@@ -59,10 +66,9 @@ class PartialDown(PartialSequential):
 class PartialUpCat(nn.Module):
     """MONAI ``UpCat`` (upsampling, concatenation with the encoder features, :class:`PartialTwoConv`).
 
-    Same arguments as MONAI's (``upsample`` ``"deconv"`` or ``"nontrainable"``; see
-    :class:`~pconv3d.blocks.PartialUpSample`). ``forward(x, x_e, mask=None, mask_e=None)``: the
-    concatenation's mask is the union of the up-sampled and encoder masks; the replicate padding for odd
-    sizes pads the mask the same way.
+    Same arguments as MONAI's (every ``upsample`` mode; see :class:`~pconv3d.blocks.PartialUpSample`).
+    ``forward(x, x_e, mask=None, mask_e=None)``: the concatenation's mask is the union of the up-sampled and
+    encoder masks; the replicate padding for odd sizes pads the mask the same way.
     """
 
     def __init__(
@@ -117,8 +123,10 @@ class PartialUpCat(nn.Module):
 class PartialBasicUNet(nn.Module):
     """Drop-in for ``monai.networks.nets.BasicUNet`` (same arguments and ``state_dict`` keys) taking a mask.
 
-    Two-convolution blocks, max pooling over valid voxels, up-sampling that carries the mask, skip masks
-    united, a final partial 1x1 convolution. Calling conventions and ``mask_channel`` as
+    Two-convolution blocks, max pooling over valid voxels, up-sampling that carries the mask (every
+    ``upsample`` mode of MONAI's ``UpSample``, ``"pixelshuffle"`` included), skip masks united, a final
+    partial 1x1 convolution. A norm without a mask-aware version is refused before any layer is built (see
+    :mod:`pconv3d.networks`). Calling conventions and ``mask_channel`` as
     :class:`~pconv3d.networks.PartialUNet`: ``forward(x, mask=None, condition=None) -> Tensor``.
 
     Example::
@@ -140,6 +148,7 @@ class PartialBasicUNet(nn.Module):
         upsample: str = "deconv",
         mask_channel: bool = False,
     ):
+        masked_norm(norm)  # refuses a norm that has no mask-aware version, before any layer is built
         super().__init__()
         fea = ensure_tuple_rep(features, 6)
         self.mask_channel = mask_channel

@@ -34,11 +34,13 @@ def to_partial(model: nn.Module) -> nn.Module:
     still scripts, traces and exports.
 
     What it cannot do: take a mask of missing voxels. The network's own ``forward`` passes single tensors,
-    so inside the image every voxel counts as valid, and norms, pooling, interpolation and transposed
-    convolutions are left as they are. For missing data use :class:`~pconv3d.networks.PartialUNet`,
-    :class:`~pconv3d.networks.PartialBasicUNet` or :class:`~pconv3d.networks.PartialDynUNet`, which load
-    the same weights. Subclasses of ``nn.ConvNd`` are left alone, and other padding modes than
-    ``"zeros"`` give the same result as before (their padded voxels are valid).
+    so inside the image every voxel counts as valid, and norms, pooling (the pad-pool of pixel-shuffle
+    upsampling too), interpolation and transposed convolutions are left as they are. For missing data use
+    :class:`~pconv3d.networks.PartialUNet`, :class:`~pconv3d.networks.PartialBasicUNet`,
+    :class:`~pconv3d.networks.PartialDynUNet` or :class:`~pconv3d.networks.PartialSegResNet`, which take
+    the same arguments (what they refuse, and why: :mod:`pconv3d.networks`) and load the same weights.
+    Subclasses of ``nn.ConvNd`` are left alone, and other padding modes than ``"zeros"`` give the same
+    result as before (their padded voxels are valid).
 
     Example::
 

@@ -8,7 +8,13 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.functional import interpolate
 
-from pconv3d.blocks import PartialUnetBasicBlock, PartialUnetOutBlock, PartialUnetResBlock, PartialUnetUpBlock
+from pconv3d.blocks import (
+    PartialUnetBasicBlock,
+    PartialUnetOutBlock,
+    PartialUnetResBlock,
+    PartialUnetUpBlock,
+    masked_norm,
+)
 from pconv3d.mask import as_carrier
 from pconv3d.networks.utils import resolve_mask
 
@@ -59,7 +65,8 @@ class PartialDynUNet(nn.Module):
 
     Partial blocks throughout (:mod:`pconv3d.blocks.dynunet_block`); with ``deep_supervision`` training
     mode returns MONAI's stacked tensor ``(N, 1 + deep_supr_num, C, *spatial)``, the heads interpolated
-    (nearest) to the output size. Calling conventions and ``mask_channel`` as
+    (nearest) to the output size. A norm without a mask-aware version is refused before any layer is built
+    (see :mod:`pconv3d.networks`). Calling conventions and ``mask_channel`` as
     :class:`~pconv3d.networks.PartialUNet`: ``forward(x, mask=None, condition=None) -> Tensor``.
 
     Example::
@@ -87,6 +94,7 @@ class PartialDynUNet(nn.Module):
         trans_bias: bool = False,
         mask_channel: bool = False,
     ):
+        masked_norm(norm_name)  # refuses a norm that has no mask-aware version, before any layer is built
         super().__init__()
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels

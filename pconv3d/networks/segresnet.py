@@ -6,10 +6,10 @@ from typing import List, Optional, Tuple
 
 import torch.nn as nn
 from monai.networks.nets import SegResNet
-from monai.utils import InterpolateMode
+from monai.utils import InterpolateMode, UpsampleMode
 from torch import Tensor
 
-from pconv3d.blocks import PartialIdentity, PartialSequential, PartialUpSample
+from pconv3d.blocks import PartialIdentity, PartialSequential, PartialUpSample, masked_norm
 from pconv3d.blocks.segresnet_block import PartialNormActConv, PartialResBlock, partial_conv_layer
 from pconv3d.mask import as_carrier, mask_union
 from pconv3d.masking import mark_clean
@@ -24,12 +24,15 @@ class PartialSegResNet(SegResNet):
 
     The first convolution counts valid voxels per input channel (a multi-channel mask), every later layer
     works on the single-channel mask it returns (a voxel is valid if any modality had data in reach); norms
-    are masked, residual sums and skip additions take the union of their masks. Upsampling modes
-    ``"nontrainable"`` and ``"deconv"`` (``"pixelshuffle"`` has no partial version). Weights load strictly
-    from a ``SegResNet`` with the same arguments (e.g. the BraTS bundle's) and back.
+    are masked, residual sums and skip additions take the union of their masks, and upsampling carries the
+    mask in every ``upsample_mode`` (``"nontrainable"``, ``"deconv"``, ``"deconvgroup"``, ``"pixelshuffle"``;
+    see :class:`~pconv3d.blocks.PartialUpSample`). Weights load strictly from a ``SegResNet`` with the same
+    arguments (e.g. the BraTS bundle's) and back. A norm without a mask-aware version is refused before any
+    layer is built (see :mod:`pconv3d.networks`).
 
     Args:
-        args, kwargs: as ``monai.networks.nets.SegResNet``.
+        spatial_dims, init_filters, in_channels, out_channels, dropout_prob, act, norm, norm_name, num_groups,
+            use_conv_final, blocks_down, blocks_up, upsample_mode: as ``monai.networks.nets.SegResNet``.
         mask_channel: the input carries a single-channel mask as its last channel (``in_channels + 1``).
 
     ``forward(x, mask=None, condition=None) -> Tensor``: ``mask`` ``(1 or N, 1 or in_channels, *spatial)``,
@@ -46,12 +49,28 @@ class PartialSegResNet(SegResNet):
         <All keys matched successfully>
     """
 
-    def __init__(self, *args, mask_channel: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        init_filters: int = 8,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        dropout_prob: float | None = None,
+        act: tuple | str = ("RELU", {"inplace": True}),
+        norm: tuple | str = ("GROUP", {"num_groups": 8}),
+        norm_name: str = "",
+        num_groups: int = 8,
+        use_conv_final: bool = True,
+        blocks_down: tuple = (1, 2, 2, 4),
+        blocks_up: tuple = (1, 1, 1),
+        upsample_mode: UpsampleMode | str = UpsampleMode.NONTRAINABLE,
+        mask_channel: bool = False,
+    ) -> None:
+        if not norm_name:  # MONAI makes a (deprecated) norm_name a group norm
+            masked_norm(norm)  # refuses a norm that has no mask-aware version, before any layer is built
+        super().__init__(spatial_dims, init_filters, in_channels, out_channels, dropout_prob, act, norm, norm_name,
+                         num_groups, use_conv_final, blocks_down, blocks_up, upsample_mode)
         self.mask_channel = mask_channel
-        if self.upsample_mode.value not in ("nontrainable", "deconv"):
-            raise ValueError(f"PartialSegResNet: upsample_mode {self.upsample_mode.value!r} has no partial version; "
-                             "use 'nontrainable' or 'deconv'")
         self.convInit = partial_conv_layer(self.spatial_dims, self.in_channels, self.init_filters)
 
     def _make_down_layers(self) -> nn.ModuleList:

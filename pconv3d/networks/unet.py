@@ -8,7 +8,13 @@ from monai.networks.layers.factories import Act, Norm
 from monai.networks.nets import UNet
 from torch import Tensor
 
-from pconv3d.blocks import PartialConvolution, PartialResidualUnit, PartialSequential, PartialSkipConnection
+from pconv3d.blocks import (
+    PartialConvolution,
+    PartialResidualUnit,
+    PartialSequential,
+    PartialSkipConnection,
+    masked_norm,
+)
 from pconv3d.mask import as_carrier
 from pconv3d.networks.utils import resolve_mask
 
@@ -112,7 +118,8 @@ class PartialUNet(UNet):
     (valid if a contributing voxel is valid), and the skip concatenation takes the union of the encoder
     and decoder masks (see :mod:`pconv3d.blocks.skip`). Outputs are 0 where no valid voxel is in reach.
 
-    The arguments from ``spatial_dims`` to ``adn_ordering`` are those of ``monai.networks.nets.UNet``.
+    The arguments from ``spatial_dims`` to ``adn_ordering`` are those of ``monai.networks.nets.UNet``; a norm
+    without a mask-aware version is refused before any layer is built (see :mod:`pconv3d.networks`).
 
     Args:
         mask_channel: the input carries the mask as its last channel (``in_channels + 1`` channels in
@@ -154,6 +161,7 @@ class PartialUNet(UNet):
         adn_ordering: str = "NDA",
         mask_channel: bool = False,
     ) -> None:
+        masked_norm(norm)  # refuses a norm that has no mask-aware version, before any layer is built
         super().__init__(
             spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size,
             num_res_units, act, norm, dropout, bias, adn_ordering,
