@@ -117,11 +117,11 @@ def data(kw, spatial, n=2, seed=0):
     return x, holes((n, 1) + spatial, seed=seed)
 
 
-def pair(cls_p, cls_m, kw, seed=0, **extra):
+def pair(cls_p, cls_m, kw, seed=0):
     """A MONAI network and the partial one holding the same weights."""
     torch.manual_seed(seed)
     theirs = cls_m(**kw)
-    ours = cls_p(**kw, **extra)
+    ours = cls_p(**kw)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return ours, theirs
 
@@ -158,23 +158,19 @@ def test_hole_invariance(name, cls_p, cls_m, kw, spatial, training):
 @pytest.mark.parametrize("name,cls_p,cls_m,kw,spatial", NETS, ids=IDS)
 def test_calling_conventions_agree(name, cls_p, cls_m, kw, spatial):
     net, _ = pair(cls_p, cls_m, kw)
-    packed, _ = pair(cls_p, cls_m, kw, mask_channel=True)
     net.eval()
-    packed.eval()
     x, m = data(kw, spatial)
     y, y_all_valid = net(x, m), net(x)
     # all-valid mask == no mask (zero padding missing in both)
     torch.testing.assert_close(net(x, torch.ones_like(m)), y_all_valid, rtol=0, atol=1e-6)
     torch.testing.assert_close(net(x, torch.ones((1, 1) + spatial, dtype=torch.bool)), y_all_valid, rtol=0, atol=1e-6)
-    # bool, integer and float binary masks, condition=, packed, and a per-channel mask shaped like x
-    for other in (net(x, m.bool()), net(x, m.int()), net(x, condition=m), packed(torch.cat([x, m], 1)), net(x, condition=m.expand_as(x))):
+    # bool, integer and float binary masks, condition=, and a per-channel mask shaped like x
+    for other in (net(x, m.bool()), net(x, m.int()), net(x, condition=m), net(x, condition=m.expand_as(x))):
         torch.testing.assert_close(other, y, rtol=0, atol=1e-6)
     # holes change the prediction (the mask is really used)
     assert not torch.allclose(y, y_all_valid, atol=1e-3)
     with pytest.raises(ValueError, match="not both"):
         net(x, m, condition=m)
-    with pytest.raises(ValueError, match="mask_channel"):
-        packed(torch.cat([x, m], 1), m)
 
 
 @pytest.mark.parametrize("name,cls_p,cls_m,kw,spatial", NETS, ids=IDS)

@@ -13,7 +13,7 @@ from ignite.metrics import Loss
 from monai.bundle import ConfigParser, verify_net_in_out
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.engines.utils import PrepareBatchExtraInput, default_prepare_batch
+from monai.engines.utils import PrepareBatchExtraInput
 from monai.handlers import ValidationHandler
 from monai.inferers import SimpleInferer, SlidingWindowInferer, sliding_window_inference
 from monai.losses import DiceCELoss
@@ -30,13 +30,9 @@ def volume(spatial, seed=0, channels=1):
     return torch.randn((1, channels) + spatial, generator=g), holes((1, 1) + spatial, seed=seed)
 
 
-def twins(**kw):
-    """The same weights as a mask-argument network and a packed-input (mask_channel) network."""
+def seeded(**kw) -> PartialUNet:
     torch.manual_seed(0)
-    net = PartialUNet(**kw).eval()
-    packed = PartialUNet(**kw, mask_channel=True).eval()
-    packed.load_state_dict(net.state_dict())
-    return net, packed
+    return PartialUNet(**kw).eval()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -68,19 +64,18 @@ def test_torchscript_through_monai(net, tmp_path):
         assert torch.equal(loaded(x, ones), net(x, ones))
 
 
-def test_onnx_packed_input_through_monai_with_onnxruntime(tmp_path):
+def test_onnx_image_and_mask_through_monai_with_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    _, packed = twins(**UNET)
+    net = seeded(**UNET)
     x, m = volume((16, 16, 16))
     path = str(tmp_path / "net.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        convert_to_onnx(packed, [torch.cat([x, m], 1)], filename=path, verify=True, use_ort=True, rtol=1e-4, atol=1e-5)
+        convert_to_onnx(net, [x, m], filename=path, verify=True, use_ort=True, rtol=1e-4, atol=1e-5)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    nan_holes = torch.cat([fill_holes(x, m, MIXED), m], 1)
-    got = session.run(None, {name: nan_holes.numpy()})[0]
-    np.testing.assert_allclose(got, packed(torch.cat([x, m], 1)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    image, mask = (i.name for i in session.get_inputs())
+    got = session.run(None, {image: fill_holes(x, m, MIXED).numpy(), mask: m.numpy()})[0]
+    np.testing.assert_allclose(got, net(x, m).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_torch_compile_fullgraph():
@@ -98,36 +93,32 @@ def test_torch_compile_fullgraph():
 # sliding windows
 
 
-def test_sliding_window_condition_and_packed_on_a_large_volume():
-    net, packed = twins(**UNET)
+def test_sliding_window_condition_on_a_large_volume():
+    net = seeded(**UNET)
     x, m = volume((24, 28, 20))
     with torch.no_grad():
         by_condition = sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.25, condition=m)
-        by_packed = sliding_window_inference(torch.cat([x, m], 1), (16, 16, 16), 2, packed, overlap=0.25)
         nan_holes = sliding_window_inference(fill_holes(x, m, MIXED), (16, 16, 16), 2, net, overlap=0.25, condition=m)
         inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=1, overlap=0.5)
         by_inferer = inferer(x, net, condition=m)
         by_inferer_nan = inferer(fill_holes(x, m, MIXED), net, condition=m)
         unmasked = sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.25)
     assert by_condition.shape == (1, 2, 24, 28, 20)
-    torch.testing.assert_close(by_packed, by_condition, rtol=0, atol=1e-6)
     torch.testing.assert_close(nan_holes, by_condition, rtol=0, atol=1e-6)
     torch.testing.assert_close(by_inferer_nan, by_inferer, rtol=0, atol=1e-6)
     assert not torch.allclose(unmasked, by_condition, atol=1e-3)
 
 
 def test_sliding_window_on_a_small_volume_marks_its_padding_missing():
-    net, packed = twins(**UNET)
+    net = seeded(**UNET)
     x, m = volume((10, 12, 16))
     with torch.no_grad():
         by_condition = sliding_window_inference(x, (16, 16, 16), 1, net, condition=m)
-        by_packed = sliding_window_inference(torch.cat([x, m], 1), (16, 16, 16), 1, packed)
         # what the padding means: a missing border, whatever the image holds there
         pad = [0, 0, 2, 2, 3, 3]  # F.pad order, split as sliding_window_inference splits it
         window = net(F.pad(x, pad, value=1e6), F.pad(m, pad))
     want = window[:, :, 3:13, 2:14, :]
     torch.testing.assert_close(by_condition, want, rtol=0, atol=1e-6)
-    torch.testing.assert_close(by_packed, want, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,9 +134,9 @@ def dataset(fill, n=4, spatial=(16, 16, 16)):
     return items
 
 
-def train(items, prepare_batch, packed=False, epochs=2):
+def train(items, prepare_batch, epochs=2):
     torch.manual_seed(0)
-    net = PartialUNet(**UNET, mask_channel=packed)
+    net = PartialUNet(**UNET)
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     loss = DiceCELoss(to_onehot_y=True, softmax=True)
     loader = DataLoader(Dataset(items), batch_size=2, shuffle=False, num_workers=0)
@@ -153,8 +144,8 @@ def train(items, prepare_batch, packed=False, epochs=2):
         device="cpu",
         val_data_loader=loader,
         network=net,
-        prepare_batch=prepare_batch if packed else PrepareBatchExtraInput({"condition": "mask"}),
-        inferer=SimpleInferer() if packed else SlidingWindowInferer((16, 16, 8), sw_batch_size=2),
+        prepare_batch=PrepareBatchExtraInput({"condition": "mask"}),
+        inferer=SlidingWindowInferer((16, 16, 8), sw_batch_size=2),
         key_val_metric={"val_loss": Loss(loss, output_transform=lambda out: (out["pred"], out["label"]))},
         decollate=False,
     )
@@ -179,13 +170,6 @@ def test_trainer_and_evaluator_with_extra_input_ignore_hole_contents():
     assert evaluator.state.metrics["val_loss"] == pytest.approx(evaluator_b.state.metrics["val_loss"], rel=1e-5)
 
 
-def test_trainer_with_packed_input_and_default_prepare_batch():
-    items = [{"image": torch.cat([d["image"], d["mask"]]), "label": d["label"]} for d in dataset(float("nan"))]
-    net, trainer, evaluator = train(items, default_prepare_batch, packed=True, epochs=1)
-    assert trainer.state.iteration == 2 and np.isfinite(evaluator.state.metrics["val_loss"])
-    assert all(torch.isfinite(p).all() for p in net.parameters())
-
-
 def test_bundle_config_and_verify_net_in_out(tmp_path):
     config = {
         "network_def": {
@@ -196,7 +180,6 @@ def test_bundle_config_and_verify_net_in_out(tmp_path):
             "channels": [4, 8],
             "strides": [2],
             "num_res_units": 1,
-            "mask_channel": True,
         },
         "dyn_def": {
             "_target_": "pconv3d.networks.PartialDynUNet",
@@ -209,7 +192,7 @@ def test_bundle_config_and_verify_net_in_out(tmp_path):
     assert isinstance(parser.get_parsed_content("dyn_def"), PartialDynUNet)
     meta = {
         "network_data_format": {
-            "inputs": {"image": {"num_channels": 2, "spatial_shape": [16, 16, 16], "dtype": "float32"}},
+            "inputs": {"image": {"num_channels": 1, "spatial_shape": [16, 16, 16], "dtype": "float32"}},
             "outputs": {"pred": {"num_channels": 2, "dtype": "float32"}},
         }
     }

@@ -126,7 +126,7 @@ class PartialBasicUNet(nn.Module):
     Two-convolution blocks, max pooling over valid voxels, up-sampling that carries the mask (every
     ``upsample`` mode of MONAI's ``UpSample``, ``"pixelshuffle"`` included), skip masks united, a final
     partial 1x1 convolution. A norm without a mask-aware version is refused before any layer is built (see
-    :mod:`pconv3d.networks`). Calling conventions and ``mask_channel`` as
+    :mod:`pconv3d.networks`). Calling conventions as
     :class:`~pconv3d.networks.PartialUNet`: ``forward(x, mask=None, condition=None) -> Tensor``.
 
     Example::
@@ -146,12 +146,10 @@ class PartialBasicUNet(nn.Module):
         bias: bool = True,
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
-        mask_channel: bool = False,
     ):
         masked_norm(norm)  # refuses a norm that has no mask-aware version, before any layer is built
         super().__init__()
         fea = ensure_tuple_rep(features, 6)
-        self.mask_channel = mask_channel
         self.conv_0 = PartialTwoConv(spatial_dims, in_channels, features[0], act, norm, bias, dropout)
         self.down_1 = PartialDown(spatial_dims, fea[0], fea[1], act, norm, bias, dropout)
         self.down_2 = PartialDown(spatial_dims, fea[1], fea[2], act, norm, bias, dropout)
@@ -166,7 +164,7 @@ class PartialBasicUNet(nn.Module):
         self.final_conv = Conv[PARTIAL_CONV, spatial_dims](fea[5], out_channels, kernel_size=1)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
-        x, mask = resolve_mask(x, mask, condition, self.mask_channel)
+        mask = resolve_mask(mask, condition)
         x0, m0 = self.conv_0(x, as_carrier(mask))
         x1, m1 = self.down_1(x0, m0)
         x2, m2 = self.down_2(x1, m1)

@@ -66,7 +66,7 @@ class PartialDynUNet(nn.Module):
     Partial blocks throughout (:mod:`pconv3d.blocks.dynunet_block`); with ``deep_supervision`` training
     mode returns MONAI's stacked tensor ``(N, 1 + deep_supr_num, C, *spatial)``, the heads interpolated
     (nearest) to the output size. A norm without a mask-aware version is refused before any layer is built
-    (see :mod:`pconv3d.networks`). Calling conventions and ``mask_channel`` as
+    (see :mod:`pconv3d.networks`). Calling conventions as
     :class:`~pconv3d.networks.PartialUNet`: ``forward(x, mask=None, condition=None) -> Tensor``.
 
     Example::
@@ -92,7 +92,6 @@ class PartialDynUNet(nn.Module):
         deep_supr_num: int = 1,
         res_block: bool = False,
         trans_bias: bool = False,
-        mask_channel: bool = False,
     ):
         masked_norm(norm_name)  # refuses a norm that has no mask-aware version, before any layer is built
         super().__init__()
@@ -106,7 +105,6 @@ class PartialDynUNet(nn.Module):
         self.act_name = act_name
         self.dropout = dropout
         self.trans_bias = trans_bias
-        self.mask_channel = mask_channel
         self._check_kernel_stride()
         if filters is not None:
             if len(filters) < len(strides):
@@ -178,7 +176,7 @@ class PartialDynUNet(nn.Module):
                 module.bias = nn.init.constant_(module.bias, 0)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
-        x, mask = resolve_mask(x, mask, condition, self.mask_channel)
+        mask = resolve_mask(mask, condition)
         heads: List[Tensor] = []
         out, out_mask = self.skip_layers(x, as_carrier(mask), heads)
         out = self.output_block(out, out_mask)[0]

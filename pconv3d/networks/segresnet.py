@@ -33,7 +33,6 @@ class PartialSegResNet(SegResNet):
     Args:
         spatial_dims, init_filters, in_channels, out_channels, dropout_prob, act, norm, norm_name, num_groups,
             use_conv_final, blocks_down, blocks_up, upsample_mode: as ``monai.networks.nets.SegResNet``.
-        mask_channel: the input carries a single-channel mask as its last channel (``in_channels + 1``).
 
     ``forward(x, mask=None, condition=None) -> Tensor``: ``mask`` ``(1 or N, 1 or in_channels, *spatial)``,
     bool/integer or floating weights; ``condition`` is the keyword MONAI's sliding-window inference
@@ -64,13 +63,11 @@ class PartialSegResNet(SegResNet):
         blocks_down: tuple = (1, 2, 2, 4),
         blocks_up: tuple = (1, 1, 1),
         upsample_mode: UpsampleMode | str = UpsampleMode.NONTRAINABLE,
-        mask_channel: bool = False,
     ) -> None:
         if not norm_name:  # MONAI makes a (deprecated) norm_name a group norm
             masked_norm(norm)  # refuses a norm that has no mask-aware version, before any layer is built
         super().__init__(spatial_dims, init_filters, in_channels, out_channels, dropout_prob, act, norm, norm_name,
                          num_groups, use_conv_final, blocks_down, blocks_up, upsample_mode)
-        self.mask_channel = mask_channel
         self.convInit = partial_conv_layer(self.spatial_dims, self.in_channels, self.init_filters)
 
     def _make_down_layers(self) -> nn.ModuleList:
@@ -100,7 +97,7 @@ class PartialSegResNet(SegResNet):
         return PartialNormActConv(self.spatial_dims, self.init_filters, out_channels, self.norm, self.act)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
-        x, mask = resolve_mask(x, mask, condition, self.mask_channel)
+        mask = resolve_mask(mask, condition)
         x, m = self.convInit(x, as_carrier(mask))
         if self.dropout_prob is not None:
             x = self.dropout(x)

@@ -121,18 +121,12 @@ class PartialUNet(UNet):
     The arguments from ``spatial_dims`` to ``adn_ordering`` are those of ``monai.networks.nets.UNet``; a norm
     without a mask-aware version is refused before any layer is built (see :mod:`pconv3d.networks`).
 
-    Args:
-        mask_channel: the input carries the mask as its last channel (``in_channels + 1`` channels in
-            all), so single-tensor tools (bundle checks, ONNX, trainers with default ``prepare_batch``,
-            sliding-window inference) pass it along unchanged.
-
     Calling conventions, ``forward(x, mask=None, condition=None) -> Tensor``:
 
     * ``net(x)``: every voxel valid, zero padding treated as missing;
     * ``net(x, mask)`` or ``net(x, condition=mask)``: ``mask`` is ``(1 or N, 1 or in_channels, *spatial)``,
       bool/integer (nonzero = valid) or floating (weights in [0, 1]); ``condition`` is the keyword
-      ``monai.inferers.sliding_window_inference`` windows with the image (padding it adds is 0: missing);
-    * ``net(packed)`` with ``mask_channel=True``.
+      ``monai.inferers.sliding_window_inference`` windows with the image (padding it adds is 0: missing).
 
     Whatever the holes hold (NaN and inf too) never changes the output.
 
@@ -159,14 +153,12 @@ class PartialUNet(UNet):
         dropout: float = 0.0,
         bias: bool = True,
         adn_ordering: str = "NDA",
-        mask_channel: bool = False,
     ) -> None:
         masked_norm(norm)  # refuses a norm that has no mask-aware version, before any layer is built
         super().__init__(
             spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size,
             num_res_units, act, norm, dropout, bias, adn_ordering,
         )
-        self.mask_channel = mask_channel
 
     def _get_connection_block(self, down_path: nn.Module, up_path: nn.Module, subblock: nn.Module) -> nn.Module:
         return PartialSequential(down_path, PartialSkipConnection(subblock), up_path)
@@ -179,5 +171,5 @@ class PartialUNet(UNet):
                              PartialSequential)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, condition: Optional[Tensor] = None) -> Tensor:
-        x, mask = resolve_mask(x, mask, condition, self.mask_channel)
+        mask = resolve_mask(mask, condition)
         return self.model(x, as_carrier(mask))[0]
