@@ -35,16 +35,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
-from monai.transforms import Compose, MapTransform
+from monai.transforms import Compose
 
+from benchmarks.paired import paired_difference
 from pconv3d.data import make_dataset
 from pconv3d.io.datalist import DATASET_JSON, generated_dataset_settings, load_datalist
 from pconv3d.io.sitk import atomic_write
-from benchmarks.paired import paired_difference
-from pconv3d.transforms import DropSlicesd, FillHolesd, InputRecipe, MaskedNormalizeIntensityd, MaskRegionsd
+from pconv3d.transforms import InputRecipe
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms
 from pipelines.bundle import run_workflow
+from pipelines.config import load_config
 from pipelines.evaluation import score_case
 from pipelines.handlers import BEST, load_checkpoint, network_from_checkpoint
 from pipelines.outputs import training_state
@@ -118,23 +118,15 @@ PATTERNS: dict[str, tuple[str, int | None, str | None]] = {
 
 
 def hole_transforms(pattern: str, fraction: float, recipe: InputRecipe) -> Compose:
-    """Load a test case, cut ``pattern`` holes at ``fraction``, normalize what is left, and shape the network's
-    input (``recipe``). The mask before filling is kept under ``holes`` (1 = acquired)."""
+    """The library's inference transforms for a test case, with ``pattern`` holes cut at ``fraction`` before
+    normalization (seeded per case: the same holes for every method and seed) and the input shaped by
+    ``recipe``. Acquired voxels are where the mask is 1, whatever the recipe (a soft mask is 1 there alone)."""
     kind, axis, slices = PATTERNS[pattern]
-    holes: list[MapTransform] = []
+    holes: dict[str, dict[str, Any]] = {}
     if fraction > 0:
-        holes = [DropSlicesd(IMAGE, mask_key=MASK, fraction=fraction, pattern=slices, axis=axis, seed=0)
-                 if kind == "slices" else MaskRegionsd(IMAGE, mask_key=MASK, fraction=fraction), FillHolesd(IMAGE, mask_key=MASK)]
-    return Compose([*infer_transforms(normalize=None).transforms, *holes, MaskedNormalizeIntensityd(IMAGE, mask_key=MASK),
-                    _KeepHoles(), *recipe.transforms()])
-
-
-class _KeepHoles(MapTransform):
-    def __init__(self) -> None:
-        super().__init__([MASK])
-
-    def __call__(self, data):
-        return {**data, "holes": data[MASK] != 0}
+        holes = ({"drop_slices": {"fraction": fraction, "pattern": slices, "axis": axis, "seed": 0}} if kind == "slices"
+                 else {"mask_regions": {"fraction": fraction, "seed": 0}})
+    return infer_transforms(**holes, recipe=recipe)
 
 
 def score_network(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions: Sequence[float],
@@ -158,15 +150,16 @@ def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions:
            roi: Sequence[int], num_classes: int) -> list[dict[str, Any]]:
     network = network_from_checkpoint(run / BEST)
     recipe = input_recipe(load_checkpoint(run / BEST), run / BEST)
+    inferer = load_config(["inference.yaml"], {"patch_size": list(roi)}).get_parsed_content("inferer")
     rows = []
     for pattern in patterns:
         for fraction in fractions:
             for case in cases:
                 files = tuple((f, Path(f).stat().st_mtime_ns) for f in (case[IMAGE], case[LABEL]))
-                x, m, label, holes = _case_inputs(files, pattern, fraction, recipe)
+                x, m, label, acquired = _case_inputs(files, pattern, fraction, recipe)
                 kwargs = {"condition": m} if recipe.mask_input else {}
-                logits = sliding_window_inference(x, roi, 4, network, overlap=0.25, **kwargs)
-                missing = ~holes
+                logits = inferer(x, network, **kwargs)
+                missing = ~acquired
                 s = score_case(logits[0].argmax(0), label, num_classes, region=missing if missing.any() else None)
                 for c in range(num_classes - 1):
                     rows.append({"case": Path(case[IMAGE]).name, "pattern": pattern, "missing": fraction, "class": c + 1,
@@ -184,7 +177,7 @@ def _case_inputs(files: tuple[tuple[str, int], ...], pattern: str, fraction: flo
     files as written, and holes drawn from fixed seeds), so an entry never goes stale."""
     (image, _), (label, _) = files
     d = hole_transforms(pattern, fraction, recipe)({IMAGE: image, LABEL: label})
-    return d[IMAGE][None].as_tensor(), d[MASK][None].as_tensor(), d[LABEL][0].as_tensor(), d["holes"][0]
+    return d[IMAGE][None].as_tensor(), d[MASK][None].as_tensor(), d[LABEL][0].as_tensor(), d[MASK][0].as_tensor() == 1
 
 
 def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, Any]) -> Path:

@@ -70,11 +70,13 @@ def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
 
 
 def test_hole_transforms_keep_the_acquired_voxels(dataset):
-    image = sorted((dataset / "imagesTs").iterdir())[0]
-    label = sorted((dataset / "labelsTs").iterdir())[0]
+    """The same holes whatever the recipe, and a soft mask is 1 exactly where a binary one is."""
+    case = {"image": str(sorted((dataset / "imagesTs").iterdir())[0]), "label": str(sorted((dataset / "labelsTs").iterdir())[0])}
     for pattern in PATTERNS:
-        d = hole_transforms(pattern, 0.5, RECIPES["gated"])({"image": str(image), "label": str(label)})
-        assert d["image"].shape[0] == 2  # image and mask channel
-        holes = d["holes"]
-        assert 0.3 < 1 - float(holes.float().mean()) < 0.9, pattern
-        assert torch.all(d["mask"][holes] == 1) and torch.all((d["mask"][~holes] > 0) & (d["mask"][~holes] < 1))
+        soft = hole_transforms(pattern, 0.5, RECIPES["gated"])(dict(case))
+        binary = hole_transforms(pattern, 0.5, RECIPES["partial"])(dict(case))["mask"]
+        assert soft["image"].shape[0] == 2  # image and confidence channel
+        acquired = binary == 1
+        assert 0.3 < 1 - float(acquired.float().mean()) < 0.9, pattern
+        assert torch.equal(soft["mask"] == 1, acquired)
+        assert torch.all((soft["mask"][~acquired] > 0) & (soft["mask"][~acquired] < 1))

@@ -57,6 +57,7 @@ from pconv3d.transforms.dictionary import (
     DeriveMaskd,
     DropSlicesd,
     FillHolesd,
+    MaskRegionsd,
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentilesd,
     RandDropSlicesd,
@@ -238,6 +239,7 @@ def infer_transforms(
     pixdim: Sequence[float] | float | None = None,
     axcodes: str | None = "RAS",
     drop_slices: Mapping[str, Any] | None = None,
+    mask_regions: Mapping[str, Any] | None = None,
     normalize: str | None = "zscore",
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
@@ -246,14 +248,17 @@ def infer_transforms(
     """Inference and evaluation transforms for entries ``{"image": path, "label": path?, "mask": path?}``.
 
     Whole volumes (use sliding-window inference), keys ``image``, ``mask`` and ``label`` when given. With
-    ``drop_slices`` the volume loses exactly that fraction of slices, reproducibly per case (evaluation at 25,
-    50, 75 % missing); the label is untouched. Invert predictions with :func:`invert_transforms`.
+    ``drop_slices`` the volume loses exactly that fraction of slices, with ``mask_regions`` at least that fraction
+    of its voxels in boxes, reproducibly per case (evaluation at 25, 50, 75 % missing); the label is untouched.
+    Invert predictions with :func:`invert_transforms`.
 
     Args:
         pixdim: target voxel spacing in mm, or ``None`` to keep each file's grid.
         axcodes: target orientation, or ``None``.
         drop_slices: arguments of :class:`~pconv3d.transforms.DropSlicesd` (``fraction``, ``pattern``,
             ``axis``, ``seed``), or ``None``.
+        mask_regions: arguments of :class:`~pconv3d.transforms.MaskRegionsd` (``fraction``, ``size``,
+            ``seed``), or ``None``.
         normalize: ``"zscore"``, ``"percentile"`` or ``None``.
         reader: image reader for ``LoadImaged``; ``None``: NibabelReader for NIfTI, SimpleITK for the rest.
         mask_options: arguments of :class:`~pconv3d.transforms.DeriveMaskd`.
@@ -269,6 +274,8 @@ def infer_transforms(
     steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
     if drop_slices is not None:
         steps.append(DropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
+    if mask_regions is not None:
+        steps.append(MaskRegionsd(IMAGE, mask_key=MASK, **dict(mask_regions)))
     steps += [*_normalize(normalize), *_network_input(recipe), EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True)]
     return Compose(steps)
 
