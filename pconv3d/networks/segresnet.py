@@ -28,11 +28,7 @@ class PartialSegResNet(SegResNet):
     mask in every ``upsample_mode`` (``"nontrainable"``, ``"deconv"``, ``"deconvgroup"``, ``"pixelshuffle"``;
     see :class:`~pconv3d.blocks.PartialUpSample`). Weights load strictly from a ``SegResNet`` with the same
     arguments (e.g. the BraTS bundle's) and back. A norm without a mask-aware version is refused before any
-    layer is built (see :mod:`pconv3d.networks`).
-
-    Args:
-        spatial_dims, init_filters, in_channels, out_channels, dropout_prob, act, norm, norm_name, num_groups,
-            use_conv_final, blocks_down, blocks_up, upsample_mode: as ``monai.networks.nets.SegResNet``.
+    layer is built (see :mod:`pconv3d.networks`). The arguments are those of ``monai.networks.nets.SegResNet``.
 
     ``forward(x, mask=None, condition=None) -> Tensor``: ``mask`` ``(1 or N, 1 or in_channels, *spatial)``,
     bool/integer or floating weights; ``condition`` is the keyword MONAI's sliding-window inference
