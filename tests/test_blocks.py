@@ -390,3 +390,16 @@ def test_fully_masked_block_gives_zeros():
     assert torch.equal(y, torch.zeros_like(y)) and torch.equal(mo, torch.zeros_like(mo))
     y.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+@pytest.mark.parametrize("ordering", ["NDA", "NAD", "DNA"])
+def test_alpha_dropout_after_the_norm_leaves_holes_at_zero(ordering):
+    """Alpha dropout moves 0 away from 0: after it the holes are cleared again, in training mode too."""
+    torch.manual_seed(0)
+    block = PartialConvolution(2, 2, 4, act="prelu", norm="instance", dropout=("alphadropout", {"p": 0.5}),
+                               adn_ordering=ordering).train()
+    x, m = torch.randn(1, 2, 12, 12), torch.ones(1, 1, 12, 12)
+    m[..., :5] = 0
+    y, out = block(x, m)
+    holes = (out == 0).expand_as(y)
+    assert holes.any() and torch.all(y[holes] == 0)

@@ -21,6 +21,8 @@ ZERO_PRESERVING_ACTS = (
     nn.ReLU, nn.ReLU6, nn.PReLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
     nn.Hardtanh, nn.Hardswish, nn.Softsign, nn.Tanhshrink, nn.Identity,
 )
+# dropouts that zero and rescale (alpha dropouts move 0 to a negative value, so holes must be cleared after them)
+_ZERO_PRESERVING_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
 class PartialADN(nn.Module):
@@ -29,9 +31,9 @@ class PartialADN(nn.Module):
     Same arguments and submodule names (``A``, ``D``, ``N``) as ``monai.networks.blocks.ADN``; the norm is
     made mask-aware with :func:`~pconv3d.blocks.factories.masked_norm` (``"instance"`` becomes
     ``"maskedinstance"``, ...). ``forward(x, mask) -> x``: the norm's statistics use valid voxels only, and
-    the holes are cleared at the end, unless the norm is there and every step after it maps 0 to 0 (dropout
-    does, and so do the usual activations, see ``ZERO_PRESERVING_ACTS``): the masked norm writes exact zeros
-    into the holes whatever they held.
+    the holes are cleared at the end, unless the norm is there and every step after it maps 0 to 0 (plain
+    dropout does, alpha dropout does not, and the usual activations do, see ``ZERO_PRESERVING_ACTS``): the
+    masked norm writes exact zeros into the holes whatever they held.
 
     Example::
 
@@ -75,7 +77,8 @@ class PartialADN(nn.Module):
                 self.ordering.append(item)
         # the masked norm writes exact zeros into holes whatever they held; only steps after it can undo that
         after_norm = self.ordering[self.ordering.index("N") + 1 :] if "N" in self.ordering else None
-        self.clear_holes = after_norm is None or ("A" in after_norm and not isinstance(ops["A"], ZERO_PRESERVING_ACTS))
+        keeps_zeros = (*ZERO_PRESERVING_ACTS, *_ZERO_PRESERVING_DROPOUTS)
+        self.clear_holes = after_norm is None or not all(isinstance(ops[item], keeps_zeros) for item in after_norm)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         for item in self.ordering:
