@@ -1,4 +1,4 @@
-"""``pconv3d run``: the main job, end to end on the default dataset, in a few minutes on a CPU.
+"""``pconv3d run``: the main job, end to end on the default dataset, in about 4 minutes on a 2-core CPU.
 
 1. write the default dataset (MNI152-derived brain volumes, no download);
 2. train the default network (``configs/train.yaml``: a GatedUNet on interpolated input with a confidence
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               "config ids can be overridden with --id value, e.g. --patch_size [16,16,16].")
     p.add_argument("--output", default="outputs", help="folder for everything the job writes (default: outputs)")
     p.add_argument("--kind", default="mni", choices=["mni", "phantom"], help="dataset (default: mni)")
-    p.add_argument("--epochs", type=positive_int, default=250, help="training epochs (default: 250, about 3.5 min on 2 cores)")
+    p.add_argument("--epochs", type=positive_int, default=250, help="training epochs (default: 250, about 3.5 min of the job's 4 on 2 cores)")
     p.add_argument("--missing", type=fraction, default=0.33, help="fraction of test slices removed, in [0, 1) (default: 0.33)")
     p.add_argument("--pattern", default="regular", choices=["regular", "random", "block"], help="which slices go")
     p.add_argument("--seed", type=int, default=0)
