@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from pconv3d.io.datalist import DATASET_JSON, load_datalist
+from pconv3d.transforms import RECIPES
 from pipelines.arguments import positive_int
 from pipelines.bundle import add_common_arguments, common_overrides, run_workflow
+from pipelines.config import parse_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder with dataset.json (config id dataset_dir)")
     p.add_argument("--epochs", type=positive_int, help="number of epochs (config id epochs)")
     p.add_argument("--seed", type=int, help="random seed (config id seed)")
+    p.add_argument("--recipe", help=f"what the network is given, and the network made for it: {', '.join(RECIPES)} "
+                                    "(default: gated), or a mapping {mask_input, fill, mask_as_channel} (config id recipe)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT from its last.pt (more --epochs stretch its learning-rate schedule)")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
@@ -29,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {"dataset_dir": args.data, "epochs": args.epochs, "seed": args.seed, "init_from": args.init_from}
     overrides = {**{k: v for k, v in overrides.items() if v is not None}, **common_overrides(args)}
+    if args.recipe is not None:  # read as YAML, as any --id value: a name or a mapping
+        overrides.update(parse_overrides(["--recipe", args.recipe]))
     if args.resume:
         overrides["resume"] = True
     for flag, key in ((args.amp, "amp"), (args.compile, "compile")):
