@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from monai.bundle import ConfigParser
 
+from pconv3d.losses import ConsistencyLoss, MaskedDiceCELoss
 from pconv3d.networks import PartialUNet
-from pconv3d.transforms import RECIPES, InputRecipe
+from pconv3d.transforms import RECIPES, InputRecipe, PrepareBatchViews
 from pipelines.cli import main
 from pipelines.handlers import MetricsLog, load_checkpoint
 from pipelines.infer import checkpoint_overrides
@@ -307,6 +309,33 @@ def test_interpolated_unet_overlay_is_a_complete_recipe(dataset, tmp_path):
     assert main(["infer", "--model", str(out / "best.pt"), "--input", str(dataset / "imagesTs"), "--output",
                  str(tmp_path / "p"), "--progress", "false"]) == 0
     assert len(list((tmp_path / "p").glob("*_seg.nii.gz"))) == len(list((dataset / "imagesTs").iterdir()))
+
+
+@pytest.mark.parametrize("consistency", [None, {"weight": 0.5}])
+def test_consistency_key_chooses_views_batch_and_loss(consistency):
+    """configs/train.yaml: consistency null changes nothing; a mapping gives the trainer both views and the loss."""
+    parser = ConfigParser()
+    parser.read_config(ROOT / "configs" / "train.yaml")
+    parser["consistency"] = consistency
+    parser.get_parsed_content("imports")
+    assert parser["train#trainer#loss_function"].replace("::", "#") == "@train#loss"
+    assert parser["train#trainer#prepare_batch"].replace("::", "#") == "@train#prepare_batch"
+    loss, prepare = parser.get_parsed_content("train#loss"), parser.get_parsed_content("train#prepare_batch")
+    steps = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    if consistency is None:
+        assert type(loss) is MaskedDiceCELoss and type(prepare) is not PrepareBatchViews and "CopyItemsd" not in steps
+    else:
+        assert isinstance(loss, ConsistencyLoss) and loss.weight == 0.5 and isinstance(loss.loss, MaskedDiceCELoss)
+        assert isinstance(prepare, PrepareBatchViews) and "CopyItemsd" in steps
+
+
+@pytest.mark.parametrize("recipe", ["gated", "partial"])  # the mask as a channel; the mask as the network's input
+def test_consistency_training_runs(dataset, tmp_path, capsys, recipe):
+    out = tmp_path / "run"
+    code, err = cli(capsys, "train", "--data", dataset, "--output", out, "--epochs", "1", *TINY, "--recipe", recipe,
+                    "--consistency", "{weight: 1.0}")
+    assert code == 0, err
+    assert load_checkpoint(out / "best.pt")["input_recipe"] == RECIPES[recipe].as_dict()
 
 
 @pytest.mark.parametrize("record", [None, {"mask_input": True, "fill_missing": None, "mask_as_channel": False,

@@ -27,7 +27,9 @@ from pconv3d.transforms import (
     MaskedNormalizeIntensityd,
     MaskedScaleIntensityRangePercentiles,
     MaskedScaleIntensityRangePercentilesd,
+    RECIPES,
     OneHotAnnotated,
+    PrepareBatchViews,
     RandDropSlicesd,
     RandMaskRegionsd,
     ValidFgBgToIndices,
@@ -624,3 +626,47 @@ def test_mask_regions_reach_the_fraction_and_depend_on_the_case_only():
     assert not torch.equal(a["mask"], MaskRegionsd("image", fraction=0.5)({"image": other})["mask"])
     with pytest.raises(ValueError, match="fraction"):
         MaskRegionsd("image", fraction=1.0)
+
+
+@pytest.mark.parametrize("recipe", [None, "gated"])
+def test_train_complete_view_equals_the_image_without_simulated_holes(tmp_path, recipe):
+    rng = np.random.default_rng(16)
+    item, _ = _write_case(tmp_path, rng, nan_slices=(3,))  # a real hole: in both views
+    tf = train_transforms(patch_size=(16, 16, 16), num_samples=2, drop_slices=None, mask_regions=None, recipe=recipe,
+                          affine={"prob": 1.0, "rotate_range": (0.3,) * 3}, intensity=True, complete_view=True)
+    for seed in range(3):
+        for patch in tf.set_random_state(seed)(item):
+            assert set(patch) == {"image", "mask", "label", "image_complete", "mask_complete"}
+            assert patch["image"].shape == (1 + (recipe == "gated"), 16, 16, 16)
+            assert torch.equal(patch["image"], patch["image_complete"])
+            assert torch.equal(patch["mask"], patch["mask_complete"])
+            assert 0 < float((patch["mask"] == 1).float().mean()) < 1
+
+
+def test_train_complete_view_has_no_simulated_holes_and_the_same_geometry(tmp_path):
+    rng = np.random.default_rng(17)
+    item, _ = _write_case(tmp_path, rng)
+    tf = train_transforms(patch_size=(16, 16, 16), num_samples=2, drop_slices={"prob": 1.0, "fraction": (0.3, 0.5)},
+                          mask_regions=None, affine=None, normalize=None, intensity=True, complete_view=True)
+    for seed in range(3):
+        for patch in tf.set_random_state(seed)(item):
+            holed, complete = patch["mask"] > 0, patch["mask_complete"] > 0
+            assert (holed <= complete).all() and complete.sum() > holed.sum()  # only the holed view lost voxels
+            # same crop, flips, intensity scaling and noise (the affine, which blurs holes into their borders in
+            # the holed view only, is checked above): equal wherever the holed view is valid
+            assert torch.equal(patch["image"][holed], patch["image_complete"][holed])
+            assert (patch["image_complete"][complete & ~holed] != 0).all()
+
+
+@pytest.mark.parametrize("recipe, extra", [("gated", False), ("partial", True)])
+def test_prepare_batch_views_concatenates_holed_then_complete(recipe, extra):
+    batch = {"image": torch.zeros(2, 1, 4, 4, 4), "mask": torch.zeros(2, 1, 4, 4, 4),
+             "image_complete": torch.ones(2, 1, 4, 4, 4), "mask_complete": torch.full((2, 1, 4, 4, 4), 2.0),
+             "label": torch.arange(2.0).view(2, 1, 1, 1, 1).expand(2, 1, 4, 4, 4)}
+    prepared = RECIPES[recipe].prepare_batch(complete_view=True)(batch)
+    image, label = prepared[:2]
+    assert image[:, 0, 0, 0, 0].tolist() == [0, 0, 1, 1] and label[:, 0, 0, 0, 0].tolist() == [0, 1, 0, 1]
+    assert len(prepared) == (4 if extra else 2)
+    if extra:
+        assert prepared[2] == () and prepared[3]["condition"][:, 0, 0, 0, 0].tolist() == [0, 0, 2, 2]
+    assert type(RECIPES[recipe].prepare_batch()) is not PrepareBatchViews  # off by default

@@ -39,13 +39,14 @@ from pconv3d.transforms.dictionary import (
     RandMaskRegionsd,
     ValidFgBgToIndicesd,
 )
-from pconv3d.transforms.input_recipe import FILL_MODES, RECIPES, InputRecipe
+from pconv3d.transforms.input_recipe import FILL_MODES, RECIPES, InputRecipe, PrepareBatchViews
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, PRED, infer_transforms, invert_transforms, train_transforms
 
 __all__ = [
     "FILL_MODES",
     "RECIPES",
     "InputRecipe",
+    "PrepareBatchViews",
     "REGION_SHAPES",
     "SLICE_PATTERNS",
     "IMAGE",

@@ -16,16 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn as nn
 from monai.engines import PrepareBatch, PrepareBatchDefault, PrepareBatchExtraInput
 from monai.transforms import ConcatItemsd, MapTransform
 
 from pconv3d.transforms.dictionary import InterpolateMissingd
 
-__all__ = ["FILL_MODES", "InputRecipe", "RECIPES"]
+__all__ = ["COMPLETE_KEYS", "FILL_MODES", "InputRecipe", "PrepareBatchViews", "RECIPES"]
 
 FILL_MODES = ("interpolate", "soft")
 _IMAGE, _MASK = "image", "mask"  # the keys of pconv3d.transforms.recipes
+# image and mask of a patch's second view, without the simulated holes (train_transforms(complete_view=True))
+COMPLETE_KEYS = (f"{_IMAGE}_complete", f"{_MASK}_complete")
 
 
 @dataclass(frozen=True)
@@ -119,18 +122,26 @@ class InputRecipe:
         """Channels of the image files for a network that takes ``in_channels``."""
         return in_channels - int(self.mask_as_channel)
 
-    def transforms(self) -> list[MapTransform]:
-        """The last transforms of a recipe (after masked normalization, which leaves holes at 0)."""
+    def transforms(self, image_key: str = _IMAGE, mask_key: str = _MASK) -> list[MapTransform]:
+        """The last transforms of a recipe (after masked normalization, which leaves holes at 0), for the image
+        and mask under ``image_key`` and ``mask_key`` (a second view of a patch has its own keys)."""
         steps: list[MapTransform] = []
         if self.fill is not None:
-            steps.append(InterpolateMissingd(_IMAGE, mask_key=_MASK, soft=self.fill == "soft"))
+            steps.append(InterpolateMissingd(image_key, mask_key=mask_key, soft=self.fill == "soft"))
         if self.mask_as_channel:
-            steps.append(ConcatItemsd([_IMAGE, _MASK], _IMAGE))
+            steps.append(ConcatItemsd([image_key, mask_key], image_key))
         return steps
 
-    def prepare_batch(self) -> PrepareBatch:
-        """MONAI engines' batch preparation: the mask as ``condition`` (which sliding windows carry) or none."""
-        return PrepareBatchExtraInput(extra_keys={"condition": _MASK}) if self.mask_input else PrepareBatchDefault()
+    def prepare_batch(self, complete_view: bool = False) -> PrepareBatch:
+        """MONAI engines' batch preparation: the mask as ``condition`` (which sliding windows carry) or none.
+
+        Args:
+            complete_view: the batch also holds each patch without its simulated holes (``image_complete``,
+                ``mask_complete``; ``train_transforms(complete_view=True)``): both views, concatenated along
+                the batch (:class:`~pconv3d.transforms.PrepareBatchViews`), for :class:`~pconv3d.losses.ConsistencyLoss`.
+        """
+        prepare = PrepareBatchExtraInput(extra_keys={"condition": _MASK}) if self.mask_input else PrepareBatchDefault()
+        return PrepareBatchViews(prepare) if complete_view else prepare
 
     def check_network(self, network: nn.Module | type) -> None:
         """Raise a ``ValueError`` unless ``network`` takes a mask (a ``condition`` argument of ``forward``)
@@ -147,6 +158,43 @@ class InputRecipe:
                              "without a mask input")
         raise ValueError(f"{cls.__name__} takes no mask input, but {label} gives it one; use the recipe 'gated' or "
                          "'plain', or a partial network")
+
+
+class PrepareBatchViews(PrepareBatch):
+    """Two views of each patch in one batch: ``prepare`` applied to the batch as it is (the holed view), then to
+    the batch with ``image`` and ``mask`` taken from ``image_key`` and ``mask_key`` (the complete view); images,
+    labels and every extra input (a ``condition`` mask) concatenated along the batch, holed first.
+
+    Args:
+        prepare: the recipe's batch preparation (:meth:`~pconv3d.transforms.InputRecipe.prepare_batch`).
+        image_key: key of the second view's image.
+        mask_key: key of the second view's mask.
+
+    Example:
+        >>> import torch
+        >>> batch = {"image": torch.zeros(2, 1, 4, 4, 4), "image_complete": torch.ones(2, 1, 4, 4, 4),
+        ...          "mask": torch.zeros(2, 1, 4, 4, 4), "mask_complete": torch.ones(2, 1, 4, 4, 4),
+        ...          "label": torch.zeros(2, 1, 4, 4, 4)}
+        >>> image, label, args, kwargs = PrepareBatchViews(RECIPES["partial"].prepare_batch())(batch)
+        >>> image.shape[0], label.shape[0], image[:2].max().item(), kwargs["condition"][2:].min().item()
+        (4, 4, 0.0, 1.0)
+    """
+
+    def __init__(self, prepare: PrepareBatch, image_key: str = COMPLETE_KEYS[0], mask_key: str = COMPLETE_KEYS[1]) -> None:
+        self.prepare = prepare
+        self.image_key = image_key
+        self.mask_key = mask_key
+
+    def __call__(self, batchdata: dict[str, Any], device: str | torch.device | None = None,
+                 non_blocking: bool = False, **kwargs: Any) -> tuple:
+        complete = {**batchdata, _IMAGE: batchdata[self.image_key], _MASK: batchdata[self.mask_key]}
+        views = [self.prepare(b, device, non_blocking, **kwargs) for b in (batchdata, complete)]
+        image, label = (torch.cat([v[i] for v in views]) for i in (0, 1))
+        if len(views[0]) == 2:
+            return image, label
+        (_, _, args, kw), (_, _, args_c, kw_c) = views
+        return (image, label, tuple(torch.cat(pair) for pair in zip(args, args_c)),
+                {k: torch.cat([kw[k], kw_c[k]]) for k in kw})
 
 
 _FIELDS = (

@@ -12,7 +12,8 @@ Order, and why:
 3. orientation and spacing: bilinear for the image, nearest for mask and label, zero padding for all three
    (outside the field of view is missing), then zero the image's holes again (bilinear blurs into them);
 4. simulated missing data (training, or evaluation at an exact fraction), so that normalization only sees
-   what a real scan with those holes would show;
+   what a real scan with those holes would show; for consistency training a copy of the image and mask
+   without them goes on beside them (``complete_view``), through the same draws of the steps below;
 5. masked normalization (statistics of valid voxels only);
 6. training only: pad to the patch size, crop around valid voxels (``ValidFgBgToIndicesd`` +
    ``RandCropByPosNegLabeld``), random affine and flips on all three keys, intensity augmentation on the
@@ -34,6 +35,7 @@ import torch
 from monai.data import ImageReader
 from monai.transforms import (
     Compose,
+    CopyItemsd,
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
@@ -51,7 +53,7 @@ from monai.transforms import (
 )
 
 from pconv3d.io.sitk import NON_NIFTI_SUFFIXES, SimpleITKReader
-from pconv3d.transforms.input_recipe import InputRecipe
+from pconv3d.transforms.input_recipe import COMPLETE_KEYS, InputRecipe
 from pconv3d.transforms.dictionary import (
     CheckGridd,
     DeriveMaskd,
@@ -119,20 +121,22 @@ def _geometry(pixdim: Sequence[float] | float | None, axcodes: str | None) -> li
     return [*steps, FillHolesd(IMAGE, mask_key=MASK)]
 
 
-def _normalize(normalize: str | None) -> list[MapTransform]:
+def _normalize(normalize: str | None, image_key: str = IMAGE, mask_key: str = MASK) -> list[MapTransform]:
     """Step 5: masked z-score (``"zscore"``), percentile scaling (``"percentile"``) or none (``None``)."""
     if normalize is None:
         return []
     if normalize == "zscore":
-        return [MaskedNormalizeIntensityd(IMAGE, mask_key=MASK)]
+        return [MaskedNormalizeIntensityd(image_key, mask_key=mask_key)]
     if normalize == "percentile":
-        return [MaskedScaleIntensityRangePercentilesd(IMAGE, mask_key=MASK, lower=0.5, upper=99.5)]
+        return [MaskedScaleIntensityRangePercentilesd(image_key, mask_key=mask_key, lower=0.5, upper=99.5)]
     raise ValueError(f"normalize must be 'zscore', 'percentile' or None, got {normalize!r}")
 
 
-def _network_input(recipe: InputRecipe | str | Mapping[str, Any] | None) -> list[MapTransform]:
+def _network_input(
+    recipe: InputRecipe | str | Mapping[str, Any] | None, image_key: str = IMAGE, mask_key: str = MASK
+) -> list[MapTransform]:
     """Last steps: what the network is given in place of the holes (after normalization, which leaves them 0)."""
-    return InputRecipe.of(recipe).transforms() if recipe is not None else []
+    return InputRecipe.of(recipe).transforms(image_key, mask_key) if recipe is not None else []
 
 
 def load_transforms(reader: ImageReader | str | None = None, mask_options: Mapping[str, Any] | None = None) -> Compose:
@@ -167,6 +171,7 @@ def train_transforms(
     reader: ImageReader | str | None = None,
     mask_options: Mapping[str, Any] | None = None,
     recipe: InputRecipe | str | Mapping[str, Any] | None = None,
+    complete_view: bool = False,
 ) -> Compose:
     """Training transforms for datalist entries ``{"image": path, "label": path, "mask": path?}``.
 
@@ -193,6 +198,13 @@ def train_transforms(
             ``missing_slices_key``, ...).
         recipe: what the network is given (:class:`~pconv3d.transforms.InputRecipe`, by name or record);
             ``None``: the image with its holes at 0, the mask beside it.
+        complete_view: also give each patch without its simulated holes, as ``image_complete`` and
+            ``mask_complete`` (``input_recipe.COMPLETE_KEYS``): copied before the
+            holes are simulated, normalized by its own mask, then cropped, deformed, flipped and rescaled with
+            the same draws as ``image`` and ``mask`` (each MONAI dictionary transform draws once for all its
+            keys) and given to the network the same way; without simulated holes the two views are equal.
+            For consistency training (:class:`~pconv3d.losses.ConsistencyLoss`). Crops centre on voxels
+            valid in the holed view.
 
     Example:
         >>> from monai.data import DataLoader, Dataset
@@ -203,18 +215,23 @@ def train_transforms(
         >>> batch["image"].shape, batch["mask"].shape, batch["label"].shape  # doctest: +SKIP
         (torch.Size([4, 1, 32, 32, 32]), torch.Size([4, 1, 32, 32, 32]), torch.Size([4, 1, 32, 32, 32]))
     """
+    views = [(IMAGE, MASK), COMPLETE_KEYS] if complete_view else [(IMAGE, MASK)]
+    keys = [*KEYS, *COMPLETE_KEYS] if complete_view else list(KEYS)
+    modes = [*_MODES, *_MODES[:2]] if complete_view else list(_MODES)  # the complete view's image, then mask
     steps = [*_load(reader, mask_options), *_geometry(pixdim, axcodes)]
+    if complete_view:
+        steps.append(CopyItemsd([IMAGE, MASK], names=list(COMPLETE_KEYS)))
     if drop_slices is not None:
         steps.append(RandDropSlicesd(IMAGE, mask_key=MASK, **dict(drop_slices)))
     if mask_regions is not None:
         steps.append(RandMaskRegionsd(IMAGE, mask_key=MASK, **dict(mask_regions)))
-    steps += _normalize(normalize)
+    steps += [step for image, mask in views for step in _normalize(normalize, image, mask)]
     fg, bg = f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"
     steps += [
-        SpatialPadd(KEYS, spatial_size=patch_size),
+        SpatialPadd(keys, spatial_size=patch_size),
         ValidFgBgToIndicesd(LABEL, mask_key=MASK),
         RandCropByPosNegLabeld(
-            KEYS,
+            keys,
             label_key=LABEL,
             spatial_size=patch_size,
             pos=pos,
@@ -226,13 +243,15 @@ def train_transforms(
         DeleteItemsd([fg, bg]),  # index lists differ in length between samples and cannot be collated
     ]
     if affine is not None:
-        steps.append(RandAffined(KEYS, mode=_MODES, padding_mode="zeros", **dict(affine)))
+        steps.append(RandAffined(keys, mode=modes, padding_mode="zeros", **dict(affine)))
     if flips:
-        steps += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
+        steps += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
     if intensity:
-        steps += [RandScaleIntensityd(IMAGE, factors=0.1, prob=0.5), RandGaussianNoised(IMAGE, prob=0.2, std=0.05)]
-    steps += [FillHolesd(IMAGE, mask_key=MASK), *_network_input(recipe), EnsureTyped(KEYS, dtype=torch.float32)]
-    return Compose(steps)
+        images = [image for image, _ in views]
+        steps += [RandScaleIntensityd(images, factors=0.1, prob=0.5), RandGaussianNoised(images, prob=0.2, std=0.05)]
+    for image, mask in views:
+        steps += [FillHolesd(image, mask_key=mask), *_network_input(recipe, image, mask)]
+    return Compose([*steps, EnsureTyped(keys, dtype=torch.float32)])
 
 
 def infer_transforms(
