@@ -31,6 +31,8 @@ VARIANTS: dict[str, dict] = {
 VARIANTS["gated_half"] = {**VARIANTS["gated_soft"], "drop_slices": {"prob": 0.5, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},
                           "mask_regions": {"prob": 0.3, "num_regions": [1, 3], "size": [0.1, 0.35]}}
 VARIANTS["gated_rarely"] = {**VARIANTS["gated_soft"], **CANDIDATES["rarely, all axes"]}
+# GatedUNet seeing each patch holed and complete in one step, the holed prediction pulled toward the complete one
+VARIANTS["gated_consistency"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 1.0}}
 
 
 def main() -> None:

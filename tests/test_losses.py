@@ -62,7 +62,8 @@ def _views():
     log3 = math.log(3.0)
     holed = torch.tensor([[0.0, 0.0], [log3, 0.0]], dtype=torch.float64).T.reshape(1, 2, 2, 1, 1)
     complete = torch.tensor([[log3, 0.0], [0.0, log3]], dtype=torch.float64).T.reshape(1, 2, 2, 1, 1)
-    return torch.cat([holed, complete]).requires_grad_(), torch.tensor([0, 1]).reshape(1, 1, 2, 1, 1).repeat(2, 1, 1, 1, 1)
+    labels = torch.tensor([0, 1]).reshape(1, 1, 2, 1, 1).repeat(2, 1, 1, 1, 1)
+    return torch.cat([holed, complete]).requires_grad_(), labels
 
 
 def test_consistency_is_the_kl_of_holed_from_complete_by_hand():

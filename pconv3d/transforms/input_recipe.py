@@ -138,7 +138,8 @@ class InputRecipe:
         Args:
             complete_view: the batch also holds each patch without its simulated holes (``image_complete``,
                 ``mask_complete``; ``train_transforms(complete_view=True)``): both views, concatenated along
-                the batch (:class:`~pconv3d.transforms.PrepareBatchViews`), for :class:`~pconv3d.losses.ConsistencyLoss`.
+                the batch (:class:`~pconv3d.transforms.PrepareBatchViews`), for
+                :class:`~pconv3d.losses.ConsistencyLoss`.
         """
         prepare = PrepareBatchExtraInput(extra_keys={"condition": _MASK}) if self.mask_input else PrepareBatchDefault()
         return PrepareBatchViews(prepare) if complete_view else prepare
@@ -180,7 +181,9 @@ class PrepareBatchViews(PrepareBatch):
         (4, 4, 0.0, 1.0)
     """
 
-    def __init__(self, prepare: PrepareBatch, image_key: str = COMPLETE_KEYS[0], mask_key: str = COMPLETE_KEYS[1]) -> None:
+    def __init__(
+        self, prepare: PrepareBatch, image_key: str = COMPLETE_KEYS[0], mask_key: str = COMPLETE_KEYS[1]
+    ) -> None:
         self.prepare = prepare
         self.image_key = image_key
         self.mask_key = mask_key
