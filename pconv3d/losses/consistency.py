@@ -1,5 +1,5 @@
 """Consistency training: each patch seen holed and complete in one step, the holed prediction pulled toward the
-complete one (issue 24: simulated holes should not cost accuracy on complete volumes).
+complete one, so that training with simulated holes need not cost accuracy on complete volumes.
 
 The batch holds the holed views first and the complete views second
 (:class:`~pconv3d.transforms.PrepareBatchViews`, from ``train_transforms(complete_view=True)``).
