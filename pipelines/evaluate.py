@@ -20,15 +20,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from monai.transforms import LoadImage
 
 from pconv3d.io.datalist import grid_mismatch, load_datalist, load_folder, read_volume_info
 from pconv3d.io.save import output_path
-from pipelines.config import load_config
+from pipelines.config import config_path
 from pipelines.errors import CLIError
 from pipelines.evaluation import REPORT_FILES, score_case, stack_scores, summary, write_reports
 from pipelines.inputs import check_label_values
 from pipelines.outputs import check_writable, removed_if_failed
+
+
+def _configured_ignore_index() -> int:
+    """``configs/train.yaml``'s ``ignore_index`` (the one place it is set), read as plain YAML: every command
+    builds this parser, so it must not parse the config and run its imports."""
+    return int(yaml.safe_load(Path(config_path("train.yaml")).read_text())["ignore_index"])
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--section", default="test", help="dataset.json section holding the labels (default: test)")
     p.add_argument("--output", help="folder for metrics.csv and summary.json (default: --pred)")
     p.add_argument("--classes", nargs="+", help="class names, background first (default: from dataset.json or numbers)")
-    p.add_argument("--ignore-index", type=int, default=load_config(["train.yaml"], {})["ignore_index"],
+    p.add_argument("--ignore-index", type=int, default=_configured_ignore_index(),
                    help="label value of unannotated voxels, left out of the scores and not a class "
                         "(default: %(default)s, the ignore_index of configs/train.yaml)")
     p.add_argument("--overwrite", action="store_true", help="replace existing metrics files")
