@@ -33,6 +33,9 @@ VARIANTS["gated_half"] = {**VARIANTS["gated_soft"], "drop_slices": {"prob": 0.5,
 VARIANTS["gated_rarely"] = {**VARIANTS["gated_soft"], **CANDIDATES["rarely, all axes"]}
 # GatedUNet seeing each patch holed and complete in one step, the holed prediction pulled toward the complete one
 VARIANTS["gated_consistency"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 1.0}}
+# the default trained 1.5x longer: consistency training's wall time, the equal-time control
+VARIANTS["gated_soft_1.5x"] = {**VARIANTS["gated_soft"], "epochs": 375}
+VARIANTS["gated_consistency_w3"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 3.0}}
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.transforms import Compose
 
 from benchmarks.paired import paired_difference
@@ -47,13 +48,14 @@ from pipelines.bundle import run_workflow
 from pipelines.config import load_config
 from pipelines.evaluation import score_case
 from pipelines.handlers import BEST, load_checkpoint, network_from_checkpoint
-from pipelines.outputs import training_state
+from pipelines.outputs import completed_epochs, training_state
 from pipelines.records import input_recipe
 from pipelines.train import datalist_split
 
 UNET = "monai.networks.nets.UNet"
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 SLICE_AXIS = 2
+WALL = "wall.json"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,13 @@ METHODS: dict[str, Method] = {
 # nothing missing: a second operating point, not a second tuning
 METHODS["gated_rarely"] = Method("GatedUNet, holes simulated rarely", METHODS["gated"].overrides,
                                  candidates=("rarely, all axes",))
+# issue 24's designs, at the default's chosen hole setting: each patch also seen complete in the same step, the
+# holed prediction pulled toward the complete one; and its equal-time control, the default trained as long
+METHODS["gated_consistency"] = Method("GatedUNet, consistency training",
+                                      {**METHODS["gated"].overrides, "consistency": {"weight": 1.0}},
+                                      candidates=("often, all axes",))
+METHODS["gated_long"] = Method("GatedUNet, 1.5x epochs", {**METHODS["gated"].overrides, "epochs_scale": 1.5},
+                               candidates=("often, all axes",))
 # training settings tuned per method on the validation cases ("none" is training without simulated holes);
 # spelled out, so that the study does not change with the configs' defaults ("default" was train.yaml's until
 # the study made "often, all axes" the default)
@@ -105,27 +114,37 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "rarely, all axes": {"drop_slices": {"prob": 0.3, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},
                          "mask_regions": {"prob": 0.2, "num_regions": [1, 3], "size": [0.1, 0.35]}},
 }
+# a recipe of two trainings (issue 24's fallback): the plain UNet where interpolation can fill the holes, the gated
+# network where it cannot, by how far the holes reach; the threshold (voxels) is chosen on validation cases
+ROUTE = ("unet_interp_noholes", "gated")
+REACH_THRESHOLDS = (0, 1, 2, 3, 4, 6, 8)
+DERIVED = {"routed": Method("Routed by hole reach: UNet (complete volumes) or GatedUNet")}
 # what a MONAI user does today: the baselines that the issue's per-row target compares to
 INTERPOLATION_BASELINES = ("unet_interp", "unet_interp_noholes")
-# test holes: (kind, slice axis, slice pattern)
-PATTERNS: dict[str, tuple[str, int | None, str | None]] = {
-    "random": ("slices", SLICE_AXIS, "random"),
-    "regular": ("slices", SLICE_AXIS, "regular"),
-    "block": ("slices", SLICE_AXIS, "block"),
-    "random, axis 0": ("slices", 0, "random"),
-    "regions": ("regions", None, None),
+# test holes: the arguments of the library's seeded holes (infer_transforms' drop_slices and mask_regions) per
+# pattern; a pattern of two kinds gives each half the fraction
+PATTERNS: dict[str, dict[str, dict[str, Any]]] = {
+    "random": {"drop_slices": {"pattern": "random", "axis": SLICE_AXIS}},
+    "regular": {"drop_slices": {"pattern": "regular", "axis": SLICE_AXIS}},
+    "block": {"drop_slices": {"pattern": "block", "axis": SLICE_AXIS}},
+    "random, axis 0": {"drop_slices": {"pattern": "random", "axis": 0}},
+    "regions": {"mask_regions": {}},
 }
+# patterns that no method or setting was chosen on (issue 24): reported apart from PATTERNS' averages
+HELD_OUT: dict[str, dict[str, dict[str, Any]]] = {
+    "block, axis 0": {"drop_slices": {"pattern": "block", "axis": 0}},
+    "small boxes": {"mask_regions": {"size": [0.04, 0.12]}},
+    "slices + boxes": {"drop_slices": {"pattern": "random", "axis": 1}, "mask_regions": {}},
+}
+ALL_PATTERNS = {**PATTERNS, **HELD_OUT}
 
 
 def hole_transforms(pattern: str, fraction: float, recipe: InputRecipe) -> Compose:
     """The library's inference transforms for a test case, with ``pattern`` holes cut at ``fraction`` before
     normalization (seeded per case: the same holes for every method and seed) and the input shaped by
     ``recipe``. Acquired voxels are where the mask is 1, whatever the recipe (a soft mask is 1 there alone)."""
-    kind, axis, slices = PATTERNS[pattern]
-    holes: dict[str, dict[str, Any]] = {}
-    if fraction > 0:
-        holes = ({"drop_slices": {"fraction": fraction, "pattern": slices, "axis": axis, "seed": 0}} if kind == "slices"
-                 else {"mask_regions": {"fraction": fraction, "seed": 0}})
+    kinds = ALL_PATTERNS[pattern] if fraction > 0 else {}
+    holes = {kind: {**args, "fraction": fraction / len(kinds), "seed": 0} for kind, args in kinds.items()}
     return infer_transforms(**holes, recipe=recipe)
 
 
@@ -161,11 +180,20 @@ def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions:
                 logits = inferer(x, network, **kwargs)
                 missing = ~acquired
                 s = score_case(logits[0].argmax(0), label, num_classes, region=missing if missing.any() else None)
+                reach = hole_reach(missing)
                 for c in range(num_classes - 1):
                     rows.append({"case": Path(case[IMAGE]).name, "pattern": pattern, "missing": fraction, "class": c + 1,
+                                 "reach": reach,
                                  "dice": float(s["dice"][c]),
                                  "dice_missing": float(s["dice_region"][c]) if "dice_region" in s else float("nan")})
     return rows
+
+
+def hole_reach(missing: torch.Tensor) -> float:
+    """How far the holes reach: the largest Euclidean distance (voxels) from a missing voxel to the nearest
+    acquired one, 0 with nothing missing. Interpolation fills a hole well where this is small (thin slices,
+    small boxes) and guesses where it is large (slabs, large regions): the routing analysis reads it."""
+    return float(ndimage.distance_transform_edt(missing.numpy()).max()) if missing.any() else 0.0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -181,13 +209,26 @@ def _case_inputs(files: tuple[tuple[str, int], ...], pattern: str, fraction: flo
 
 
 def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, Any]) -> Path:
-    """Train into ``run`` unless a complete training is there; an interrupted one continues."""
+    """Train into ``run`` unless a complete training is there; an interrupted one continues. ``overrides`` may
+    scale the epochs (``epochs_scale``: an equal-time control trains a method longer). The training's wall time,
+    the whole workflow as ``pconv3d train`` runs it, is added up in ``run/wall.json``."""
+    overrides = dict(overrides)
+    epochs = round(epochs * overrides.pop("epochs_scale", 1))
     state = training_state(run, epochs)
     if state != "complete":
         resume = state == "interrupted"
-        run_workflow(["train.yaml"], {"dataset_dir": str(data), "output_dir": str(run), "epochs": epochs, "seed": seed,
-                                      "progress": False, "resume": resume, "overwrite": not resume, **overrides}, [])
+        start = time.perf_counter()
+        run_workflow(["train.yaml"], {"dataset_dir": str(data), "output_dir": str(run), "seed": seed, "progress": False,
+                                      "resume": resume, "overwrite": not resume, **overrides, "epochs": epochs}, [])
+        before = training_seconds(run) if resume else 0.0
+        (run / WALL).write_text(json.dumps({"seconds": before + time.perf_counter() - start}))
     return run
+
+
+def training_seconds(run: Path) -> float:
+    """The wall time recorded for the training in ``run`` (NaN if none was: trained before it was recorded)."""
+    wall = run / WALL
+    return float(json.loads(wall.read_text())["seconds"]) if wall.is_file() else float("nan")
 
 
 def _mean_dice(rows: list[dict[str, Any]], key: str = "dice") -> float:
@@ -208,16 +249,22 @@ def study_data(out: Path, kind: str = "mni", size: int = 48, n_test: int = 8) ->
 def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Sequence[int] = (0, 1, 2),
               methods: Sequence[str] = tuple(METHODS), patterns: Sequence[str] = tuple(PATTERNS),
               fractions: Sequence[float] = FRACTIONS, candidates: Sequence[str] = tuple(CANDIDATES),
-              n_test: int = 8, kind: str = "mni", size: int = 48, extra: dict[str, Any] | None = None) -> list[dict]:
+              n_test: int = 8, kind: str = "mni", size: int = 48, extra: dict[str, Any] | None = None,
+              budget: int = 2, budget_methods: Sequence[str] | None = None) -> list[dict]:
     """Run the three stages (module doc) into ``output``; returns the rows of the final stage.
 
-    ``extra`` are config overrides for every training (the tests make the networks tiny with it)."""
+    ``extra`` are config overrides for every training (the tests make the networks tiny with it). ``budget``:
+    the last stage's multiple of ``epochs``, for ``budget_methods`` (default: the best method and the best
+    baseline). Settings are chosen on :data:`PATTERNS` alone, never on the held-out ones."""
     out = Path(output)
     data, num_classes, validation, test = study_data(out, kind, size, n_test)
     roi, extra = [32, 32, 32], dict(extra or {})
     roi = extra.get("patch_size", roi)
     start = time.perf_counter()
 
+    # settings are chosen on the validation cases with holes of the patterns that are not held out
+    on_validation = lambda run: score_network(run, validation, [p for p in patterns if p in PATTERNS],  # noqa: E731
+                                              [f for f in fractions if f > 0] or [0.0], roi, num_classes, "validation")
     chosen: dict[str, str] = {}
     tuned: dict[str, Path] = {}  # the first seed's training with the chosen settings: the final stage reuses it
     for slug in methods:  # 1. tune on validation cases, first seed
@@ -229,41 +276,69 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
         for cand in allowed:
             runs[cand] = train(data, out / "tune" / slug / cand.replace(", ", "_").replace(" ", "_"), epochs, seeds[0],
                                {**METHODS[slug].overrides, **CANDIDATES[cand], **extra})
-            scores[cand] = _mean_dice(score_network(runs[cand], validation, patterns,
-                                                    [f for f in fractions if f > 0] or [0.0], roi, num_classes,
-                                                    "validation"))
+            scores[cand] = _mean_dice(on_validation(runs[cand]))
         chosen[slug] = max(scores, key=scores.get)
         tuned[slug] = runs[chosen[slug]]
         print(f"{METHODS[slug].name}: validation Dice {', '.join(f'{c} {v:.3f}' for c, v in scores.items())}; "
               f"chosen: {chosen[slug]} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     rows: list[dict[str, Any]] = []
+    first: dict[str, Path] = {}  # each method's training with the first seed
     for slug in methods:  # 2. every seed, test cases
         for seed in seeds:
             same = seed == seeds[0] and slug in tuned  # same data, settings and seed: the same training
             run = train(data, tuned[slug] if same else out / "final" / slug / f"seed{seed}", epochs, seed,
                         {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
-            rows += [{"method": slug, "seed": seed, "epochs": epochs, **r}
-                     for r in score_network(run, test, patterns, fractions, roi, num_classes)]
+            first.setdefault(slug, run)
+            rows += _rows(slug, seed, run, score_network(run, test, patterns, fractions, roi, num_classes))
         print(f"{METHODS[slug].name}: test Dice {_mean_dice([r for r in rows if r['method'] == slug]):.3f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
+    if set(ROUTE) <= set(methods):  # a derived method: no training of its own
+        validation_rows = {m: on_validation(first[m]) for m in ROUTE}
+        scores = {t: _mean_dice(routed(*validation_rows.values(), t)) for t in REACH_THRESHOLDS}
+        chosen["routed"] = f"reach <= {max(scores, key=scores.get)}"
+        rows += routed(*([r for r in rows if r["method"] == m] for m in ROUTE), max(scores, key=scores.get))
+        print(f"routing: validation Dice {', '.join(f'{t} {v:.3f}' for t, v in scores.items())}; "
+              f"chosen: {chosen['routed']}", flush=True)
     write_outputs(out, rows, [], chosen)  # the main result, before the budget check
     ranked = sorted(methods, key=lambda m: -_mean_dice([r for r in rows if r["method"] == m]))
     # the best method and the best baseline (the runner-up if the best is a baseline or there is none): does the
     # lead hold with more training?
     rivals = [m for m in ranked[1:] if METHODS[m].baseline and not METHODS[ranked[0]].baseline] or ranked[1:]
-    top = ranked[:1] + rivals[:1]
+    top = list(budget_methods) if budget_methods is not None else ranked[:1] + rivals[:1]
     budget_rows: list[dict[str, Any]] = []
-    for slug in top:  # 3. twice the budget
+    for slug in top:  # 3. a larger budget
         for seed in seeds:
-            run = train(data, out / "budget" / slug / f"seed{seed}", 2 * epochs, seed,
+            run = train(data, out / f"budget{budget}x" / slug / f"seed{seed}", budget * epochs, seed,
                         {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
-            budget_rows += [{"method": slug, "seed": seed, "epochs": 2 * epochs, **r}
-                            for r in score_network(run, test, patterns, fractions, roi, num_classes)]
+            budget_rows += _rows(slug, seed, run, score_network(run, test, patterns, fractions, roi, num_classes))
+    if "routed" in chosen and set(ROUTE) <= set(top):  # the same rule, on the larger budget's networks
+        budget_rows += routed(*([r for r in budget_rows if r["method"] == m] for m in ROUTE),
+                              float(chosen["routed"].split("<= ")[1]))
     write_outputs(out, rows, budget_rows, chosen)
     print(f"study done in {time.perf_counter() - start:.0f} s; results in {out.resolve()}")
     return rows
+
+
+def routed(plain: list[dict[str, Any]], gated: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """The rows of a routing recipe that runs ``plain``'s network on a volume whose holes reach at most
+    ``threshold`` voxels (:func:`hole_reach`) and ``gated``'s otherwise, from the two methods' rows of the same
+    cases, holes and seeds. Its wall time is both trainings'."""
+    key = lambda r: (r["case"], r["pattern"], r["missing"], r["class"], r.get("seed"))  # noqa: E731
+    by_key = {key(r): r for r in plain}
+    out = []
+    for r in gated:
+        p = by_key[key(r)]
+        out.append({**(p if r["reach"] <= threshold else r), "method": "routed",
+                    **({"wall_s": p["wall_s"] + r["wall_s"]} if "wall_s" in r else {})})
+    return out
+
+
+def _rows(method: str, seed: int, run: Path, scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The study's rows of one training: its method, seed, epochs and wall time, then each score."""
+    return [{"method": method, "seed": seed, "epochs": completed_epochs(run), "wall_s": round(training_seconds(run), 1),
+             **r} for r in scores]
 
 
 def _grid(rows: list[dict[str, Any]], method: str, key: str, patterns: Sequence[str], fractions: Sequence[float]) -> np.ndarray:
@@ -281,14 +356,17 @@ def _grid(rows: list[dict[str, Any]], method: str, key: str, patterns: Sequence[
 
 
 def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any]], chosen: dict[str, str]) -> str:
-    """Mean ± sd tables per pattern and fraction, and paired differences to the best baseline."""
+    """Mean ± sd tables per pattern and fraction, each method's training wall time, and paired differences to
+    the best baseline: averaged over :data:`PATTERNS` (what settings were chosen on) and, apart, over the
+    held-out patterns."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     patterns = list(dict.fromkeys(r["pattern"] for r in rows))
+    selected, held_out = [p for p in patterns if p not in HELD_OUT], [p for p in patterns if p in HELD_OUT]
     fractions = sorted({r["missing"] for r in rows})
-    lines = ["Settings chosen on validation cases: " + "; ".join(f"{METHODS[m].name}: {chosen[m]}" for m in methods), ""]
+    lines = ["Settings chosen on validation cases: " + "; ".join(f"{_method(m).name}: {chosen[m]}" for m in methods), ""]
     for key, title in (("dice", "all voxels"), ("dice_missing", "missing voxels")):
         lines += [f"### Mean foreground Dice on {title} (± sd over seeds and cases)", "",
-                  "| pattern | missing | " + " | ".join(METHODS[m].name for m in methods) + " |",
+                  "| pattern | missing | " + " | ".join(_method(m).name for m in methods) + " |",
                   "|---|---|" + "---|" * len(methods)]
         for p in patterns:
             for f in fractions:
@@ -298,48 +376,87 @@ def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any
                 for m in methods:
                     v = _grid(rows, m, key, [p], [f]).reshape(-1)
                     cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if np.isfinite(v).any() else "-")
-                lines.append(f"| {p} | {f:.0%} | " + " | ".join(cells) + " |")
+                lines.append(f"| {_label(p)} | {f:.0%} | " + " | ".join(cells) + " |")
         lines.append("")
-    baselines = [m for m in methods if METHODS[m].baseline]
+    lines += _cost_table(rows, methods, selected, fractions)
+    baselines = [m for m in methods if _method(m).baseline]
     missing = [f for f in fractions if f > 0]
-    if baselines and missing:
-        best = max(baselines, key=lambda m: np.nanmean(_grid(rows, m, "dice", patterns, missing)))
-        lines += [f"### Paired difference to the best baseline ({METHODS[best].name}), 25-75 % missing, "
-                  "mean [95 % interval] over cases", "", "| method | Dice, all voxels | Dice, missing voxels |", "|---|---|---|"]
-        for m in methods:
-            if m != best:
-                d_all = paired_difference(_grid(rows, m, "dice", patterns, missing), _grid(rows, best, "dice", patterns, missing))
-                d_miss = paired_difference(_grid(rows, m, "dice_missing", patterns, missing),
-                                           _grid(rows, best, "dice_missing", patterns, missing))
-                lines.append(f"| {METHODS[m].name} | {d_all} | {d_miss} |")
-        lines += ["", f"### Paired difference to {METHODS[best].name} by pattern (Dice, all voxels; 25-75 % missing, "
-                  "and nothing missing)", "", "| method | " + " | ".join(patterns) + " | nothing missing |",
+    if baselines and missing and selected:
+        best = max(baselines, key=lambda m: np.nanmean(_grid(rows, m, "dice", selected, missing)))
+        diff = lambda m, key, ps, fs=missing: paired_difference(_grid(rows, m, key, ps, fs),  # noqa: E731
+                                                                _grid(rows, best, key, ps, fs))
+        columns = [("Dice, all voxels", "dice", selected), ("Dice, missing voxels", "dice_missing", selected)]
+        columns += [("held out: all voxels", "dice", held_out), ("held out: missing voxels", "dice_missing", held_out)
+                    ] if held_out else []
+        lines += [f"### Paired difference to the best baseline ({_method(best).name}), 25-75 % missing, "
+                  "mean [95 % interval] over cases", "", "| method | " + " | ".join(c[0] for c in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        lines += [f"| {_method(m).name} | " + " | ".join(str(diff(m, k, ps)) for _, k, ps in columns) + " |"
+                  for m in methods if m != best]
+        lines += ["", f"### Paired difference to {_method(best).name} by pattern (Dice, all voxels; 25-75 % missing, "
+                  "and nothing missing)", "", "| method | " + " | ".join(map(_label, patterns)) + " | nothing missing |",
                   "|---|" + "---|" * (len(patterns) + 1)]
         for m in methods:
             if m != best:
-                cells = [paired_difference(_grid(rows, m, "dice", [p], missing), _grid(rows, best, "dice", [p], missing))
-                         for p in patterns]
-                complete = paired_difference(_grid(rows, m, "dice", patterns[:1], [0.0]),
-                                             _grid(rows, best, "dice", patterns[:1], [0.0])) if 0.0 in fractions else "-"
-                lines.append(f"| {METHODS[m].name} | " + " | ".join(map(str, cells)) + f" | {complete} |")
+                complete = diff(m, "dice", patterns[:1], [0.0]) if 0.0 in fractions else "-"
+                lines.append(f"| {_method(m).name} | " + " | ".join(str(diff(m, "dice", [p])) for p in patterns)
+                             + f" | {complete} |")
         lines.append("")
-    lines += _row_check(rows, methods, patterns, fractions)
+    lines += _row_check(rows, methods, selected, fractions)
+    missing = [f for f in fractions if f > 0]
+    if held_out:
+        lines += _row_check(rows, methods, held_out, missing, " (held-out patterns)")
     if budget_rows:
-        lines += ["### Twice the budget (mean foreground Dice, all patterns and fractions)", "",
-                  "| method | 1x | 2x |", "|---|---|---|"]
-        twice = list(dict.fromkeys(r["method"] for r in budget_rows))
-        for m in twice:
-            lines.append(f"| {METHODS[m].name} | {_mean_dice([r for r in rows if r['method'] == m]):.3f} | "
+        times = sorted({r["epochs"] for r in budget_rows})
+        lines += [f"### A larger budget (mean foreground Dice over all patterns and fractions; epochs {times})", "",
+                  "| method | 1x | larger |", "|---|---|---|"]
+        larger = list(dict.fromkeys(r["method"] for r in budget_rows))
+        for m in larger:
+            lines.append(f"| {_method(m).name} | {_mean_dice([r for r in rows if r['method'] == m]):.3f} | "
                          f"{_mean_dice([r for r in budget_rows if r['method'] == m]):.3f} |")
-        if len(twice) == 2:
-            a, b = twice
-            diff = [paired_difference(_grid(rs, a, "dice", patterns, fractions), _grid(rs, b, "dice", patterns, fractions))
-                    for rs in (rows, budget_rows)]
-            lines += ["", f"{METHODS[a].name} minus {METHODS[b].name}, paired, all rows: {diff[0]} at 1x, {diff[1]} at 2x."]
+        if len(larger) >= 2:
+            a, b = larger[:2]
+            lines += [""] + [f"{_method(a).name} minus {_method(b).name} at the larger budget, paired: " + ", ".join(
+                f"{name} {paired_difference(_grid(budget_rows, a, key, ps, fs), _grid(budget_rows, b, key, ps, fs))}"
+                for name, key, ps, fs in (("nothing missing", "dice", selected[:1], [0.0]),
+                                          ("25-75 %", "dice", selected, missing),
+                                          ("25-75 %, missing voxels", "dice_missing", selected, missing),
+                                          ("held out", "dice", held_out, missing)) if ps and fs) + "."]
+            lines += [f"{_method(a).name} minus {_method(b).name}, paired, all rows: "
+                      f"{paired_difference(_grid(rows, a, 'dice', patterns, fractions), _grid(rows, b, 'dice', patterns, fractions))}"
+                      " at 1x, "
+                      f"{paired_difference(_grid(budget_rows, a, 'dice', patterns, fractions), _grid(budget_rows, b, 'dice', patterns, fractions))}"
+                      " at the larger budget."]
+        lines += _row_check(budget_rows, larger, selected, fractions, " at the larger budget")
     return "\n".join(lines) + "\n"
 
 
-def _row_check(rows: list[dict[str, Any]], methods: list[str], patterns: list[str], fractions: list[float]) -> list[str]:
+def _method(slug: str) -> Method:
+    return METHODS[slug] if slug in METHODS else DERIVED[slug]
+
+
+def _label(pattern: str) -> str:
+    return f"{pattern} (held out)" if pattern in HELD_OUT else pattern
+
+
+def _cost_table(rows: list[dict[str, Any]], methods: list[str], patterns: list[str], fractions: list[float]) -> list[str]:
+    """Each method's training epochs and wall time (the whole training workflow, mean ± sd over seeds) next to its
+    Dice with nothing missing and at 25-75 % missing."""
+    lines = ["### What each method cost to train (wall time of the whole training, mean ± sd over seeds)", "",
+             "| method | epochs | training wall time | Dice, nothing missing | Dice, 25-75 % |", "|---|---|---|---|---|"]
+    for m in methods:
+        own = [r for r in rows if r["method"] == m]
+        walls = np.array([w for w in {(r["seed"], r["wall_s"]) for r in own}], dtype=float)[:, 1]
+        epochs = sorted({r["epochs"] for r in own})
+        complete = np.nanmean(_grid(rows, m, "dice", patterns[:1], [0.0])) if 0.0 in fractions else float("nan")
+        holed = np.nanmean(_grid(rows, m, "dice", patterns, [f for f in fractions if f > 0]))
+        lines.append(f"| {_method(m).name} | {', '.join(map(str, epochs))} | {np.nanmean(walls):.0f} ± "
+                     f"{np.nanstd(walls):.0f} s | {complete:.3f} | {holed:.3f} |")
+    return lines + [""]
+
+
+def _row_check(rows: list[dict[str, Any]], methods: list[str], patterns: list[str], fractions: list[float],
+               title: str = "") -> list[str]:
     """Each method against the best interpolation baseline of every row (pattern and fraction, and nothing
     missing): on how many rows it is at least as good, and its worst row."""
     baselines = [m for m in INTERPOLATION_BASELINES if m in methods]
@@ -347,7 +464,7 @@ def _row_check(rows: list[dict[str, Any]], methods: list[str], patterns: list[st
         return []
     cells = [(p, f) for p in patterns for f in fractions if f > 0] + [(patterns[0], 0.0)] * (0.0 in fractions)
     best = {c: max(np.nanmean(_grid(rows, m, "dice", [c[0]], [c[1]])) for m in baselines) for c in cells}
-    lines = ["### Against the best interpolation baseline of each row (mean Dice, all voxels)", "",
+    lines = [f"### Against the best interpolation baseline of each row{title} (mean Dice, all voxels)", "",
              "| method | rows at least as good | worst row | difference there |", "|---|---|---|---|"]
     for m in methods:
         if m in baselines:
@@ -355,7 +472,7 @@ def _row_check(rows: list[dict[str, Any]], methods: list[str], patterns: list[st
         diff = {c: np.nanmean(_grid(rows, m, "dice", [c[0]], [c[1]])) - best[c] for c in cells}
         worst = min(diff, key=diff.get)
         where = "nothing missing" if worst[1] == 0 else f"{worst[0]}, {worst[1]:.0%}"
-        lines.append(f"| {METHODS[m].name} | {sum(d >= 0 for d in diff.values())} of {len(cells)} | {where} | "
+        lines.append(f"| {_method(m).name} | {sum(d >= 0 for d in diff.values())} of {len(cells)} | {where} | "
                      f"{diff[worst]:+.3f} |")
     return lines + [""]
 
@@ -379,7 +496,7 @@ def write_outputs(out: Path, rows: list[dict], budget_rows: list[dict], chosen: 
     for ax, pattern in zip(axes[0], patterns):
         for m in dict.fromkeys(r["method"] for r in rows):
             means = [np.nanmean(_grid(rows, m, "dice", [pattern], [f])) for f in fractions]
-            ax.plot([100 * f for f in fractions], means, marker="o", label=METHODS[m].name)
+            ax.plot([100 * f for f in fractions], means, marker="o", label=_method(m).name)
         ax.set_title(pattern)
         ax.set_xlabel("missing (%)")
         ax.grid(alpha=0.3)

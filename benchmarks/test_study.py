@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from benchmarks.study import PATTERNS, hole_transforms, run_study
+from benchmarks.study import ALL_PATTERNS, hole_transforms, run_study
 from pconv3d.transforms import RECIPES
 from tests.cli_helpers import TINY
 
@@ -41,12 +41,12 @@ def test_the_rarely_overlay_is_the_studied_setting():
 
 def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
     out = tmp_path / "study"
-    methods = ("unet_interp", "unet_interp_noholes", "partial_soft")
-    kwargs = dict(epochs=1, seeds=(0, 1), methods=methods, patterns=("random", "regions"),
+    methods = ("unet_interp", "unet_interp_noholes", "gated")
+    kwargs = dict(epochs=1, seeds=(0, 1), methods=methods, budget_methods=("unet_interp_noholes", "gated"), patterns=("random", "regions", "small boxes"),
                   fractions=(0.0, 0.5), candidates=("default", "often, all axes"), n_test=2, kind="phantom", size=24,
                   extra=_tiny_overrides())
     rows = run_study(out, **kwargs)
-    assert {r["method"] for r in rows} == set(methods) and {r["seed"] for r in rows} == {0, 1}
+    assert {r["seed"] for r in rows} == {0, 1}
     # a method with one allowed setting is not tuned; a tuned method's first seed is its tuning run, reused
     assert not (out / "tune" / "unet_interp_noholes").exists() and (out / "final" / "unet_interp_noholes" / "seed0").is_dir()
     assert sorted(p.name for p in (out / "tune" / "unet_interp").iterdir()) == ["default", "often_all_axes"]
@@ -54,13 +54,22 @@ def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
     assert all(np.isnan(r["dice_missing"]) for r in rows if r["missing"] == 0)
     assert any(np.isfinite(r["dice_missing"]) for r in rows if r["missing"] == 0.5)
     summary = (out / "summary.md").read_text()
-    assert "Paired difference to the best baseline (UNet, interpolated" in summary and "Twice the budget" in summary
+    assert "Paired difference to the best baseline (UNet, interpolated" in summary and "A larger budget" in summary
     assert "by pattern" in summary and "UNet, interpolated, trained on complete volumes: none" in summary
     # the per-row check names the one method that is not an interpolation baseline, over 2 rows with holes + 0 %
-    assert "| PartialUNet, interpolated + soft mask | " in summary.split("best interpolation baseline of each row")[1]
+    assert "| GatedUNet, interpolated + confidence channel | " in summary.split("best interpolation baseline of each row")[1]
+    # the routing recipe is derived from the two trainings it routes between, its threshold chosen on validation
+    assert {r["method"] for r in rows} == set(methods) | {"routed"} and "Routed by hole reach" in summary
+    assert "reach <= " in summary.split("\n")[0]
     assert " of 3 |" in summary
     # twice the budget: the best method and the best baseline, and their paired difference at both budgets
-    assert " at 1x, " in summary and len(list((out / "budget").iterdir())) == 2
+    assert " at 1x, " in summary and len(list((out / "budget2x").iterdir())) == 2
+    # the held-out pattern is reported apart and was not used to choose settings
+    assert "small boxes (held out)" in summary and "held out: all voxels" in summary
+    assert "(held-out patterns)" in summary and "training wall time" in summary
+    tuned = json.loads((out / "tune" / "unet_interp" / "default" / "scores_validation.json").read_text())
+    assert {r["pattern"] for r in tuned["rows"]} == {"random", "regions"}
+    assert all(r["wall_s"] > 0 and r["epochs"] == 1 for r in rows)
     assert (out / "dice_vs_missing.png").stat().st_size > 0 and (out / "results.csv").is_file()
     # every method and seed saw the same holes: the test volumes' masks are a function of case and pattern only
     before = {str(p): p.stat().st_mtime_ns for p in out.rglob("*.*") if p.suffix in (".pt", ".json")}
@@ -72,7 +81,7 @@ def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
 def test_hole_transforms_keep_the_acquired_voxels(dataset):
     """The same holes whatever the recipe, and a soft mask is 1 exactly where a binary one is."""
     case = {"image": str(sorted((dataset / "imagesTs").iterdir())[0]), "label": str(sorted((dataset / "labelsTs").iterdir())[0])}
-    for pattern in PATTERNS:
+    for pattern in ALL_PATTERNS:
         soft = hole_transforms(pattern, 0.5, RECIPES["gated"])(dict(case))
         binary = hole_transforms(pattern, 0.5, RECIPES["partial"])(dict(case))["mask"]
         assert soft["image"].shape[0] == 2  # image and confidence channel
@@ -80,3 +89,28 @@ def test_hole_transforms_keep_the_acquired_voxels(dataset):
         assert 0.3 < 1 - float(acquired.float().mean()) < 0.9, pattern
         assert torch.equal(soft["mask"] == 1, acquired)
         assert torch.all((soft["mask"][~acquired] > 0) & (soft["mask"][~acquired] < 1))
+
+
+def test_hole_reach_is_the_farthest_missing_voxel():
+    from benchmarks.study import hole_reach
+
+    missing = torch.zeros(9, 9, 9, dtype=torch.bool)
+    assert hole_reach(missing) == 0.0
+    missing[:, :, 2:7] = True  # a 5-slice slab: its middle slice is 3 slices from the nearest acquired one
+    assert hole_reach(missing) == 3.0
+    missing[:] = False
+    missing[4, 4, 4] = True
+    assert hole_reach(missing) == 1.0
+
+
+def test_routed_takes_each_volume_from_one_network():
+    from benchmarks.study import routed
+
+    def rows(method, dice, reach):
+        return [{"method": method, "case": c, "pattern": "p", "missing": 0.5, "class": k, "seed": 0, "reach": reach[c],
+                 "dice": dice, "wall_s": 10.0} for c in range(2) for k in (1, 2)]
+
+    reach = {0: 1.0, 1: 5.0}
+    out = routed(rows("plain", 0.8, reach), rows("gated", 0.6, reach), threshold=2)
+    assert [(r["case"], r["dice"]) for r in out] == [(0, 0.8), (0, 0.8), (1, 0.6), (1, 0.6)]
+    assert {r["method"] for r in out} == {"routed"} and {r["wall_s"] for r in out} == {20.0}
