@@ -98,3 +98,36 @@ def test_dictionary_version_fills_every_image_key_with_one_mask():
     assert d["mask"][0, 0, 0].tolist() == pytest.approx([1, 1, 1, 0.5, 1, 1, 1, 1])
     with pytest.raises(ValueError, match="mask"):
         InterpolateMissingd("image")({"image": img, "mask": mask * 2})  # weights beyond 1
+
+
+def _distance_oracle(valid: np.ndarray) -> np.ndarray:
+    """float64, from the definition: each voxel's smallest Euclidean distance to a valid voxel."""
+    points = np.argwhere(valid).astype(np.float64)
+    grid = np.indices(valid.shape).reshape(3, -1).T.astype(np.float64)
+    return np.sqrt(((grid[:, None] - points[None]) ** 2).sum(-1)).min(1).reshape(valid.shape)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(*[st.integers(1, 7)] * 3), axis=st.integers(0, 2), seed=st.integers(0, 2**16),
+       extra=st.sampled_from(["none", "voxel", "other axis"]))
+def test_hole_distance_is_the_euclidean_distance(shape, axis, seed, extra):
+    """Whole slices along one axis take the 1-D path; a hole voxel beside them or slices along a second axis
+    take the full transform; both equal the definition."""
+    from pconv3d.transforms import hole_distance
+
+    rng = np.random.default_rng(seed)
+    present = rng.random(shape[axis]) < 0.5
+    present[rng.integers(shape[axis])] = True
+    view = [1, 1, 1]
+    view[axis] = -1
+    valid = np.broadcast_to(present.reshape(view), shape).copy()
+    if extra == "voxel":
+        valid[tuple(rng.integers(n) for n in shape)] = False
+    elif extra == "other axis":
+        other = (axis + 1) % 3
+        valid[(slice(None),) * other + (rng.integers(shape[other]),)] = False
+    if not valid.any():
+        return
+    got = hole_distance(torch.from_numpy(valid))
+    assert got.dtype == torch.float32 and got.shape == shape
+    np.testing.assert_allclose(got.numpy(), _distance_oracle(valid), rtol=1e-6, atol=0)

@@ -22,6 +22,7 @@ from pconv3d.transforms.array import (
     check_volume,
     combine_mask,
     drop_slice_pattern,
+    hole_distance,
     missing_slice_axes,
 )
 from pconv3d.transforms.dictionary import (
@@ -83,6 +84,7 @@ __all__ = [
     "check_volume",
     "combine_mask",
     "drop_slice_pattern",
+    "hole_distance",
     "missing_slice_axes",
     "infer_transforms",
     "invert_transforms",

@@ -44,6 +44,7 @@ __all__ = [
     "DeriveMask",
     "FillHoles",
     "InterpolateMissing",
+    "hole_distance",
     "missing_slice_axes",
     "MaskedNormalizeIntensity",
     "MaskedScaleIntensityRangePercentiles",
@@ -375,6 +376,40 @@ def missing_slice_axes(mask: NdarrayOrTensor) -> tuple[int, ...]:
     return tuple(axes)
 
 
+def hole_distance(valid: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance (voxels, float32) from each voxel of a spatial boolean ``valid`` ``(X, Y, Z)`` to the
+    nearest valid voxel: 0 on valid voxels.
+
+    Where every hole is a whole slice along one axis, the nearest valid voxel lies in the nearest acquired slice
+    at the same in-plane position, so the distance is the one-dimensional distance along that axis: computed in
+    torch on ``valid``'s device, exactly what the full transform gives and a fraction of its time. Other holes
+    take scipy's exact Euclidean distance transform.
+
+    Example:
+        >>> valid = torch.ones(2, 2, 5, dtype=torch.bool); valid[..., 1:4] = False
+        >>> hole_distance(valid)[0, 0]
+        tensor([0., 1., 2., 1., 0.])
+    """
+    for axis in missing_slice_axes(valid[None]):
+        present = valid.movedim(axis, 0).reshape(valid.shape[axis], -1).any(1)
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        if torch.equal(valid, present.view(shape).expand_as(valid)):
+            return _slice_distance(present).view(shape).expand(valid.shape).to(torch.float32)
+    hole = ~valid.cpu().numpy()
+    return torch.as_tensor(ndimage.distance_transform_edt(hole), dtype=torch.float32, device=valid.device)
+
+
+def _slice_distance(present: torch.Tensor) -> torch.Tensor:
+    """Per slice, the distance in slices to the nearest present one (at least one is present)."""
+    n = present.numel()
+    index = torch.arange(n, device=present.device)
+    far = torch.full_like(index, 2 * n)
+    before = torch.where(present, index, -far).cummax(0).values  # last present slice at or before each slice
+    after = torch.where(present, index, far).flip(0).cummin(0).values.flip(0)  # first present at or after
+    return torch.minimum(index - before, after - index)
+
+
 class InterpolateMissing(Transform):
     """Fill every missing voxel from the acquired ones, and give each filled voxel a confidence in (0, 1).
 
@@ -430,8 +465,7 @@ class InterpolateMissing(Transform):
             x = self._normalized_convolution(x, filled)
         out_mask = weights
         if self.soft:
-            hole = ~valid[0].cpu().numpy()
-            distance = torch.as_tensor(ndimage.distance_transform_edt(hole), dtype=torch.float32, device=weights.device)
+            distance = hole_distance(valid[0])
             out_mask = torch.where(valid, weights, 1.0 / (1.0 + distance / self.scale))
         return convert_to_dst_type(x, img, dtype=img.dtype)[0], _as_mask(out_mask, mask)
 
