@@ -23,8 +23,9 @@ import torch
 import yaml
 from monai.transforms import LoadImage
 
-from pconv3d.io.datalist import grid_mismatch, load_datalist, load_folder, read_volume_info
+from pconv3d.io.datalist import load_datalist, load_folder, read_volume_info
 from pconv3d.io.save import output_path
+from pconv3d.transforms.checks import grid_mismatch
 from pipelines.config import config_path
 from pipelines.errors import CLIError
 from pipelines.evaluation import REPORT_FILES, score_case, stack_scores, summary, write_reports

@@ -26,7 +26,7 @@ from monai.handlers.utils import write_metrics_reports
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from pconv3d.io.sitk import atomic_write
-from pconv3d.transforms.array import OneHotAnnotated
+from pconv3d.transforms.labels import OneHotAnnotated
 
 SUMMARY_OPS = ("mean", "std", "median", "min", "max", "notnans")
 REPORT_FILES = ("metrics.csv", "dice_raw.csv", "dice_summary.csv", "hd95_raw.csv", "hd95_summary.csv")

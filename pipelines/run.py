@@ -28,7 +28,7 @@ import numpy as np
 from pconv3d.data import make_dataset
 from pconv3d.io.datalist import DATASET_JSON, generated_dataset_settings, load_datalist
 from pconv3d.io.sitk import atomic_write, save_volume
-from pconv3d.transforms.array import drop_slice_pattern
+from pconv3d.transforms.holes import drop_slice_pattern
 from pipelines import evaluate as evaluate_cmd
 from pipelines.arguments import fraction, positive_int
 from pipelines.bundle import run_workflow

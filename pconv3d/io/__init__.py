@@ -7,7 +7,6 @@ from pconv3d.io.datalist import (
     SECTIONS,
     Case,
     VolumeInfo,
-    grid_mismatch,
     is_generated_dataset,
     load_datalist,
     load_folder,
@@ -27,6 +26,7 @@ from pconv3d.io.sitk import (
     check_nifti_complete,
     save_volume,
 )
+from pconv3d.transforms.checks import grid_mismatch
 
 __all__ = [
     "DATASET_JSON",

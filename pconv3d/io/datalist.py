@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from monai.config import PathLike
 
 from pconv3d.io.sitk import SUFFIXES, _affine, _is_nifti, _itk_reason, atomic_write, check_nifti_complete, save_volume
+from pconv3d.transforms.checks import grid_mismatch
 
 __all__ = [
     "KEYS",
@@ -36,7 +37,6 @@ __all__ = [
     "VolumeInfo",
     "Case",
     "read_volume_info",
-    "grid_mismatch",
     "validate_case",
     "validate_datalist",
     "load_datalist",
@@ -51,7 +51,6 @@ KEYS = ("image", "label", "mask")
 SECTIONS = ("training", "validation", "test")
 DATASET_JSON = "dataset.json"
 MARKER = "pconv3d"  # top-level dataset.json entry that identifies a dataset written by write_dataset
-AFFINE_ATOL = 1e-3  # mm; NIfTI stores affines in float32
 
 
 class VolumeInfo(NamedTuple):
@@ -108,39 +107,6 @@ def read_volume_info(path: PathLike, read_data: bool = True) -> VolumeInfo:
     comps = reader.GetNumberOfComponents()
     shape = tuple(int(s) for s in reader.GetSize()) + ((comps,) if comps > 1 else ())
     return VolumeInfo(path, shape, _affine(image, lps_to_ras=True))
-
-
-def grid_mismatch(
-    shape: Sequence[int],
-    affine: np.ndarray,
-    ref_shape: Sequence[int],
-    ref_affine: np.ndarray,
-    atol: float = AFFINE_ATOL,
-) -> str | None:
-    """Describe how a spatial grid differs from a reference grid, or ``None`` when they agree.
-
-    Args:
-        shape: spatial shape.
-        affine: 4x4 affine.
-        ref_shape: reference spatial shape.
-        ref_affine: reference 4x4 affine.
-        atol: tolerance on affine entries (mm).
-
-    Example:
-        >>> grid_mismatch((4, 4, 4), np.eye(4), (4, 4, 5), np.eye(4))
-        'shape (4, 4, 4) differs from (4, 4, 5)'
-    """
-    shape, ref_shape = tuple(int(s) for s in shape), tuple(int(s) for s in ref_shape)
-    if shape != ref_shape:
-        return f"shape {shape} differs from {ref_shape}"
-    affine, ref_affine = np.asarray(affine, dtype=np.float64), np.asarray(ref_affine, dtype=np.float64)
-    if not np.allclose(affine, ref_affine, atol=atol, rtol=0):
-        diff = float(np.abs(affine - ref_affine).max())
-        return (
-            f"affine differs by up to {diff:.4g} mm: {np.round(affine[:3], 4).tolist()} "
-            f"vs {np.round(ref_affine[:3], 4).tolist()}"
-        )
-    return None
 
 
 def _check_dims(info: VolumeInfo, key: str) -> None:

@@ -21,7 +21,7 @@ import torch.nn as nn
 from monai.engines import PrepareBatch, PrepareBatchDefault, PrepareBatchExtraInput
 from monai.transforms import ConcatItemsd, MapTransform
 
-from pconv3d.transforms.dictionary import InterpolateMissingd
+from pconv3d.transforms.filling import InterpolateMissingd
 
 __all__ = ["COMPLETE_KEYS", "FILL_MODES", "InputRecipe", "PrepareBatchViews", "RECIPES"]
 

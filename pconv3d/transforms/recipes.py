@@ -53,19 +53,13 @@ from monai.transforms import (
 )
 
 from pconv3d.io.sitk import NON_NIFTI_SUFFIXES, SimpleITKReader
+from pconv3d.transforms.checks import CheckGridd
+from pconv3d.transforms.crops import ValidFgBgToIndicesd
+from pconv3d.transforms.filling import FillHolesd
+from pconv3d.transforms.holes import DropSlicesd, MaskRegionsd, RandDropSlicesd, RandMaskRegionsd
 from pconv3d.transforms.input_recipe import COMPLETE_KEYS, InputRecipe
-from pconv3d.transforms.dictionary import (
-    CheckGridd,
-    DeriveMaskd,
-    DropSlicesd,
-    FillHolesd,
-    MaskRegionsd,
-    MaskedNormalizeIntensityd,
-    MaskedScaleIntensityRangePercentilesd,
-    RandDropSlicesd,
-    RandMaskRegionsd,
-    ValidFgBgToIndicesd,
-)
+from pconv3d.transforms.intensity import MaskedNormalizeIntensityd, MaskedScaleIntensityRangePercentilesd
+from pconv3d.transforms.masks import DeriveMaskd
 
 __all__ = [
     "IMAGE",
