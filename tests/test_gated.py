@@ -211,3 +211,33 @@ def test_gated_unet_scripts_to_the_same_arithmetic():
     scripted = convert_to_torchscript(net, verify=True, inputs=[x])  # MONAI's default tolerances
     with torch.no_grad():
         assert torch.equal(scripted(x), net(x))
+
+
+@pytest.mark.parametrize("kwargs, geometry", CONVOLUTION_GEOMETRIES[:4] + CONVOLUTION_GEOMETRIES[5:6])
+def test_a_one_map_gate_is_shared_by_every_channel(kwargs, geometry):
+    """gate_channels=1: one gate convolution output (groups 1), broadcast over the block's channels."""
+    torch.manual_seed(3)
+    transposed = kwargs.get("is_transposed", False)
+    block = GatedConvolution(3, 4, 6, gate_channels=1, **kwargs).double()
+    plain = Convolution(3, 4, 6, **kwargs).double()
+    plain.load_state_dict(block.state_dict(), strict=False)
+    assert block.gate.weight.shape[:2] == ((4, 1) if transposed else (1, 4))
+    x = torch.randn(2, 4, 9, 8, 7, dtype=torch.float64)
+    gate = _conv(x, block.gate.weight, block.gate.bias, transposed, **{**geometry, "groups": 1})
+    assert gate.shape[1] == 1
+    torch.testing.assert_close(block(x), plain(x) * torch.sigmoid(gate), rtol=1e-12, atol=1e-12)
+
+
+def test_gated_unet_with_one_map_per_block():
+    """gate_channels reaches every gated block; the keys are the full gates', the parameters far fewer."""
+    args = dict(spatial_dims=3, in_channels=2, out_channels=3, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    full, light = GatedUNet(**args), GatedUNet(**args, gate_channels=1)
+    assert list(full.state_dict()) == list(light.state_dict())
+    gates = {n: p for n, p in light.named_parameters() if ".gate." in n}
+    assert gates and all(p.shape[0] == 1 or p.shape[1] == 1 for n, p in gates.items() if n.endswith("weight"))
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(light) < count(UNet(**args)) * 1.1 < count(full)
+    x = torch.randn(1, 2, 16, 16, 16)
+    assert light(x).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ValueError, match="gate has 1 or 8"):
+        gate_for(torch.nn.Conv3d(4, 8, 3), channels=4)

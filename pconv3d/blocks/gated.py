@@ -38,19 +38,23 @@ __all__ = ["GATE_BIAS", "Gated", "GatedConvolution", "GatedResidualUnit", "gate_
 GATE_BIAS = 2.0
 
 
-def gate_for(conv: nn.Module) -> nn.Module:
+def gate_for(conv: nn.Module, channels: int | None = None) -> nn.Module:
     """A gating convolution with ``conv``'s geometry, from MONAI's ``Conv`` factory, its bias at ``GATE_BIAS``.
 
-    Same channels, kernel size, stride, padding (and padding mode), dilation and groups as ``conv``; for a
+    Same input channels, kernel size, stride, padding (and padding mode), dilation and groups as ``conv``; for a
     transposed ``conv`` a transposed convolution with the same output padding. So the gate's output has the
-    shape of ``conv``'s for any input. The gate always has a bias (it starts the gate open), whether or not
-    ``conv`` has one.
+    spatial shape of ``conv``'s for any input, and broadcasts against it. The gate always has a bias (it starts
+    the gate open), whether or not ``conv`` has one.
 
     Args:
         conv: a convolution layer (``torch.nn.Conv1d`` ... ``ConvTranspose3d`` or a subclass).
+        channels: the gate's output channels: ``None`` for one gate per output channel of ``conv`` (Yu et al.),
+            ``1`` for one gate map shared by all of them (a fraction of the cost: the gate convolution has one
+            output channel, and groups are then 1).
 
     Raises:
-        ValueError: if ``conv`` is not a convolution layer.
+        ValueError: if ``conv`` is not a convolution layer, or ``channels`` neither ``None``, 1 nor
+            ``conv.out_channels``.
 
     Example::
 
@@ -60,14 +64,18 @@ def gate_for(conv: nn.Module) -> nn.Module:
     """
     if not isinstance(conv, _ConvNd):
         raise ValueError(f"a gate copies the geometry of a convolution layer, not of {type(conv).__name__}")
+    if channels not in (None, 1, conv.out_channels):
+        raise ValueError(f"channels: a gate has 1 or {conv.out_channels} (the block's) output channels, got {channels}")
+    channels = conv.out_channels if channels is None else channels
     geometry: dict[str, Any] = dict(
         kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-        groups=conv.groups, padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+        groups=conv.groups if channels == conv.out_channels else 1, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype,
     )
     if conv.transposed:
         geometry["output_padding"] = conv.output_padding
     kind = Conv.CONVTRANS if conv.transposed else Conv.CONV
-    gate = Conv[kind, len(conv.kernel_size)](conv.in_channels, conv.out_channels, **geometry)
+    gate = Conv[kind, len(conv.kernel_size)](conv.in_channels, channels, **geometry)
     nn.init.constant_(gate.bias, GATE_BIAS)
     return gate
 
@@ -139,9 +147,10 @@ def _prefix_block(module: Gated, state_dict: dict[str, Any], prefix: str, local_
 class GatedConvolution(Gated):
     """MONAI ``Convolution`` whose output is gated: ``Convolution(x) * sigmoid(gate(x))``.
 
-    All arguments are ``monai.networks.blocks.Convolution``'s (``padding``, ``dilation``, ``groups``,
-    ``is_transposed``, ``output_padding`` ... included), handed to it unchanged; the gate has the geometry
-    of its convolution layer (:func:`gate_for`). Indexing, iterating and ``len`` are the ``Convolution``'s.
+    All arguments but ``gate_channels`` are ``monai.networks.blocks.Convolution``'s (``padding``, ``dilation``,
+    ``groups``, ``is_transposed``, ``output_padding`` ... included), handed to it unchanged; the gate has the
+    geometry of its convolution layer and ``gate_channels`` output channels (:func:`gate_for`: ``None`` one
+    per output channel, ``1`` one shared map). Indexing, iterating and ``len`` are the ``Convolution``'s.
 
     Example::
 
@@ -152,9 +161,9 @@ class GatedConvolution(Gated):
         ((2, 2, 2), 'ADN')
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate_channels: int | None = None, **kwargs: Any) -> None:
         block = Convolution(*args, **kwargs)
-        super().__init__(block, gate_for(block.conv))
+        super().__init__(block, gate_for(block.conv, gate_channels))
 
     def __getitem__(self, index: int | slice) -> nn.Module:
         return self.block[index]
@@ -169,9 +178,10 @@ class GatedConvolution(Gated):
 class GatedResidualUnit(Gated):
     """MONAI ``ResidualUnit`` whose output (convolutions plus residual) is gated: ``unit(x) * sigmoid(gate(x))``.
 
-    All arguments are ``monai.networks.blocks.ResidualUnit``'s (``padding`` and ``dilation`` included), handed
-    to it unchanged; the gate has the geometry of the unit's first convolution layer (:func:`gate_for`),
-    which sets the unit's stride and output size.
+    All arguments but ``gate_channels`` are ``monai.networks.blocks.ResidualUnit``'s (``padding`` and
+    ``dilation`` included), handed to it unchanged; the gate has the geometry of the unit's first convolution
+    layer, which sets the unit's stride and output size, and ``gate_channels`` output channels
+    (:func:`gate_for`).
 
     Example::
 
@@ -180,6 +190,6 @@ class GatedResidualUnit(Gated):
         torch.Size([1, 8, 8, 8, 8])
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate_channels: int | None = None, **kwargs: Any) -> None:
         block = ResidualUnit(*args, **kwargs)
-        super().__init__(block, gate_for(block.conv.unit0.conv))
+        super().__init__(block, gate_for(block.conv.unit0.conv, gate_channels))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch.nn as nn
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import UNet
@@ -22,6 +26,11 @@ class GatedUNet(UNet):
     (:data:`pconv3d.transforms.RECIPES`). ``state_dict`` keys are ``UNet``'s plus the gates'
     (``<block>.gate.weight``, ``<block>.gate.bias``), so a trained ``UNet``'s weights load with ``strict=False``.
 
+    Args:
+        args, kwargs: ``monai.networks.nets.UNet``'s.
+        gate_channels: ``None``: one gate per output channel of each block (Yu et al.); ``1``: one gate map per
+            block, shared by its channels, at a fraction of the cost (:func:`pconv3d.blocks.gated.gate_for`).
+
     Example::
 
         >>> net = GatedUNet(3, 2, 4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
@@ -35,11 +44,19 @@ class GatedUNet(UNet):
     # parameters a ``UNet`` of the same arguments does not have: all a trained UNet's weights leave new
     added_parameters = ("gate.weight", "gate.bias")
 
+    def __init__(self, *args: Any, gate_channels: int | None = None, **kwargs: Any) -> None:
+        self.gate_channels = gate_channels  # read while UNet's constructor builds the blocks
+        super().__init__(*args, **kwargs)
+
     def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
-        return unet_down_layer(self, GatedConvolution, GatedResidualUnit, in_channels, out_channels, strides)
+        return unet_down_layer(self, *self._gated_blocks(), in_channels, out_channels, strides)
 
     def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
         # the top block writes the logits: a gate there would only pull them towards 0
         if is_top:
             return unet_up_layer(self, Convolution, ResidualUnit, in_channels, out_channels, strides, is_top)
-        return unet_up_layer(self, GatedConvolution, GatedResidualUnit, in_channels, out_channels, strides, is_top)
+        return unet_up_layer(self, *self._gated_blocks(), in_channels, out_channels, strides, is_top)
+
+    def _gated_blocks(self) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
+        return (functools.partial(GatedConvolution, gate_channels=self.gate_channels),
+                functools.partial(GatedResidualUnit, gate_channels=self.gate_channels))
