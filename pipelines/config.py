@@ -2,13 +2,16 @@
 
 Overrides use MONAI bundle ids (``--trainer#max_epochs 2`` or a top-level ``--epochs 2``), and values are
 read as YAML (``2`` is an int, ``[32,32,32]`` a list, ``true`` a bool), as ``monai.bundle run`` does.
-An id that no config defines is refused with the list of ids that could have been meant.
+An id that no config defines is refused with the list of ids that could have been meant; a new argument of the
+network (``--network_def#gate_channels 1``) is refused unless the config's network class takes it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
+from pydoc import locate
 from typing import Any
 
 import yaml
@@ -89,15 +92,36 @@ def load_config(files: Sequence[str], overrides: dict[str, Any]) -> ConfigParser
         if not isinstance(content, dict):
             raise CLIError(f"config {path} must be a mapping of ids to values, got {type(content).__name__}")
     parser.read_config(paths)
+    new_arguments = []  # of the network: checked against its constructor once the configs' imports have run
     for key, value in overrides.items():
-        if key not in parser:
+        if key not in parser and key.rpartition("#")[0] == "network_def" and isinstance(parser.get("network_def"), dict):
+            new_arguments.append(key.rpartition("#")[2])
+        elif key not in parser:
             parent = key.rpartition("#")[0]
             valid = _siblings(parser, key) if not parent or parent in parser else _siblings(parser, key.partition("#")[0])
             raise CLIError(f"unknown config key {key!r}; valid keys here: {', '.join(valid)}")
-        expected = _type_problem(parser[key], value)
+        expected = _type_problem(parser[key], value) if key in parser else None
         if expected:
             raise CLIError(f"--{key}: expected {expected} (like the config's {parser[key]!r}), got {value!r}")
         parser[key] = value
     if "imports" in parser:  # what the configs' expressions name, as a workflow imports it before it reads them
         parser.get_parsed_content("imports")
+    if new_arguments:
+        _check_network_arguments(parser, new_arguments)
     return parser
+
+
+def _check_network_arguments(parser: ConfigParser, names: list[str]) -> None:
+    """Refuse, in one line, an argument that the config's network class does not take (by name, in the
+    constructors of the class and its bases, as far as they name their arguments)."""
+    target = parser.get_parsed_content("network_def#_target_")
+    cls = locate(target) if isinstance(target, str) else target
+    accepted: set[str] = set()
+    for klass in getattr(cls, "__mro__", ()):
+        if "__init__" in vars(klass):
+            accepted |= {p.name for p in inspect.signature(klass.__init__).parameters.values()
+                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    for name in names:
+        if name not in accepted:
+            raise CLIError(f"--network_def#{name}: {getattr(cls, '__name__', target)} takes no argument {name!r}; "
+                           f"it takes: {', '.join(sorted(accepted))}")

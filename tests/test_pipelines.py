@@ -186,6 +186,11 @@ def test_unknown_config_key_lists_valid_ones(dataset, tmp_path, capsys):
     code = main(["train", "--data", str(dataset), "--output", str(tmp_path), "--train#trainer#max_epoch", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "train#trainer#max_epochs" in err
+    # a new network argument is the network's to check: named in one line before any training
+    code = main(["train", "--data", str(dataset), "--output", str(tmp_path / "n"), "--network_def#chanels", "8", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "chanels" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "n" / "best.pt").exists()
 
 
 def test_output_folder_not_writable(dataset, tmp_path, capsys):
