@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.reference_baseline import ReferencePartialConv3d
 from pconv3d import PartialConv1d, PartialConv2d, PartialConv3d
-from pconv3d.masking import apply_mask
+from pconv3d.masks.apply import apply_mask
 from tests.oracle import partial_conv_oracle
 
 PCONV = {1: PartialConv1d, 2: PartialConv2d, 3: PartialConv3d}

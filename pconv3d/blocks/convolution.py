@@ -11,8 +11,8 @@ from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_no
 from torch import Tensor
 
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS, masked_norm
-from pconv3d.mask import as_carrier, as_given, first_channel, tensor_of
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import as_carrier, as_given, first_channel, tensor_of
 
 __all__ = ["PartialADN", "PartialConvolution", "ZERO_PRESERVING_ACTS"]
 

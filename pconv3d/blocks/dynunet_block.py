@@ -21,8 +21,8 @@ from torch import Tensor
 
 from pconv3d.blocks.convolution import PartialConvolution
 from pconv3d.blocks.factories import masked_norm
-from pconv3d.mask import as_carrier, as_given, mask_union
-from pconv3d.masking import apply_mask
+from pconv3d.masks.apply import apply_mask
+from pconv3d.masks.carrier import as_carrier, as_given, mask_union
 
 __all__ = [
     "PartialUnetBasicBlock",

@@ -14,15 +14,15 @@ from torch import Tensor
 from pconv3d.blocks.convolution import PartialConvolution
 from pconv3d.blocks.factories import PARTIAL_CONV
 from pconv3d.blocks.skip import PartialSequential
-from pconv3d.mask import any_channel, as_carrier, as_given, first_channel, mask_union, tensor_of
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import any_channel, as_carrier, as_given, first_channel, mask_union, tensor_of
 
 __all__ = ["PartialIdentity", "PartialResidualUnit"]
 
 
 class PartialIdentity(nn.Module):
     """Identity on ``(x, mask)`` pairs that clears the holes of ``x`` (they may hold anything) and returns
-    the mask single-channel (:func:`~pconv3d.mask.any_channel`)."""
+    the mask single-channel (:func:`~pconv3d.masks.carrier.any_channel`)."""
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         if mask is None:

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from pconv3d.blocks.convolution import ZERO_PRESERVING_ACTS, PartialConvolution
 from pconv3d.blocks.factories import masked_norm
-from pconv3d.mask import as_carrier, as_given, mask_union
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import as_carrier, as_given, mask_union
 
 __all__ = ["PartialResBlock", "PartialNormActConv", "partial_conv_layer"]
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask import as_carrier, as_given, mask_intersection, mask_union, tensor_of
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import as_carrier, as_given, mask_intersection, mask_union, tensor_of
 
 __all__ = ["PartialSequential", "PartialSkipConnection"]
 

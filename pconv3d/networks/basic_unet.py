@@ -18,7 +18,7 @@ from pconv3d.blocks import (
     PartialUpSample,
     masked_norm,
 )
-from pconv3d.mask import as_carrier, as_given, mask_union, pad_mask
+from pconv3d.masks.carrier import as_carrier, as_given, mask_union, pad_mask
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialBasicUNet", "PartialTwoConv", "PartialDown", "PartialUpCat"]

@@ -15,7 +15,7 @@ from pconv3d.blocks import (
     PartialUnetUpBlock,
     masked_norm,
 )
-from pconv3d.mask import as_carrier
+from pconv3d.masks.carrier import as_carrier
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialDynUNet", "PartialDynUNetSkipLayer"]

@@ -3,7 +3,7 @@
 Conventions shared by everything in :mod:`pconv3d.transforms`:
 
 * an image is channel-first ``(C, X, Y, Z)``, as after MONAI's ``EnsureChannelFirst``;
-* a validity mask is ``(1, X, Y, Z)`` on the image's grid with the meaning of valid of :mod:`pconv3d.mask`:
+* a validity mask is ``(1, X, Y, Z)`` on the image's grid with the meaning of valid of :mod:`pconv3d.masks.carrier`:
   bool/integer masks are nonzero = valid, floating masks are weights in [0, 1] (0 = missing, 1 = valid);
   a floating mask with values outside [0, 1] or NaN is refused with a ``ValueError``. Masks made here are
   float32, and floating weights pass through unchanged (a new hole sets a weight to 0); when the image is a
