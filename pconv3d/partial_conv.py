@@ -218,7 +218,7 @@ def _counted_mask(mask: Mask) -> Optional[Tensor]:
     return t != 0 if t is not None and t.is_floating_point() and mask.binary else t
 
 
-# The window geometries of the layers that ran, keyed on the attribute values each was read from
+# The window geometries of the layers that ran eagerly, keyed on the attribute values each was read from
 # (``PartialConvBase._geometry``: the kernel size from the weight's shape, stride, padding, dilation, padding
 # mode and output padding, as torch's forward reads them). A geometry is a pure function of its key, so an
 # entry can never describe other attributes: setting one changes the key. It holds no tensors.
@@ -226,7 +226,10 @@ _WINDOWS: Dict[tuple, Windows] = {}
 
 
 def _windows_for(layer: PartialConvBase, geometry: tuple) -> Windows:
-    """``layer._windows()``, made once per geometry (``geometry`` is ``layer._geometry()``)."""
+    """``layer._windows()``, made once per geometry (``geometry`` is ``layer._geometry()``) in eager mode;
+    a traced or compiled graph makes it once when it is traced (a cache there would be guarded on)."""
+    if execution_mode() != "eager":
+        return layer._windows()
     windows = _WINDOWS.get(geometry)
     if windows is None:
         if len(_WINDOWS) >= 1024:
