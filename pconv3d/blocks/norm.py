@@ -99,7 +99,7 @@ class MaskedNorm:
     the scale is folded before it meets the data, and the bias is added on valid voxels only.
     """
 
-    def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, mask: Optional[MaskLike] = None) -> Tensor:
         if self._torch_kernels_apply(mask):
             return self._torch_norm(input)
         spatial = input.dim() - 2
@@ -119,12 +119,12 @@ class MaskedNorm:
             y = torch.addcmul(y, valid, _channel_view(bias, spatial))
         return mark_clean(y, mask)
 
-    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[MaskLike]) -> Tuple[Tensor, Tensor]:
         """``(input - mean)`` with holes exactly 0, and ``1 / sqrt(var + eps)`` per (instance or 1, channel);
         ``valid`` is ``mask`` (a tensor or carrier, ``None`` for all valid) as 0/1 of ``input``'s dtype."""
         raise NotImplementedError
 
-    def _torch_kernels_apply(self, mask: Optional[Tensor]) -> bool:
+    def _torch_kernels_apply(self, mask: Optional[MaskLike]) -> bool:
         """Whether nothing is missing (no mask, or one known all valid) and the torch norm follows the rules
         here: then its own kernels give the same result in fewer passes. All torch norms follow them but
         instance norm with ``momentum=None``, which leaves its running statistics as they are (here: a
@@ -148,7 +148,7 @@ class _MaskedRunningNorm(MaskedNorm):
     def _stat_dims(self, input: Tensor) -> List[int]:
         raise NotImplementedError
 
-    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[MaskLike]) -> Tuple[Tensor, Tensor]:
         running_mean, running_var = self.running_mean, self.running_var
         if self.training or running_mean is None or running_var is None:
             mean, var, centered, count = masked_moments(input, valid, self._stat_dims(input), mask)
@@ -273,7 +273,7 @@ class MaskedGroupNorm(MaskedNorm, nn.GroupNorm):
     def _torch_norm(self, input: Tensor) -> Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
-    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[MaskLike]) -> Tuple[Tensor, Tensor]:
         grouped, valid_grouped = self._group(input, valid)
         _, var, centered, _ = masked_moments(grouped, valid_grouped, list(range(2, grouped.dim())))
         # one rstd per group, repeated for the group's channels: (N, C, 1, ...)

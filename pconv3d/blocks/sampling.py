@@ -69,7 +69,7 @@ class PartialMaxPool(nn.Module):
             kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
         )
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = tensor_of(mask)
         if m is None or all_valid(mask):  # nothing missing: the plain pooling
             y = self.pool(x)
@@ -109,7 +109,7 @@ class NormalizedFilter(nn.Module):
         super().__init__()
         self.filter = filter
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         weights = tensor_of(mask)
         if weights is None:
             weights = torch.ones([1, 1] + list(x.shape[2:]), dtype=x.dtype, device=x.device)
@@ -191,7 +191,7 @@ class PartialSubpixelUpsample(nn.Module):
                 Pool[Pool.AVG, spatial_dims](kernel_size=scale_factor, stride=1),
             ))
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         carrier = as_carrier(mask)
         if self.has_conv:
             y = self.conv_block(x, carrier)
@@ -300,7 +300,7 @@ class PartialUpSample(nn.Module):
             size=size, scale_factor=None if size else scale_factor_, mode=interp.value, align_corners=align_corners
         ))
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         if hasattr(self, "deconv"):
             m = as_carrier(mask)
             y = self.deconv(x, m)
