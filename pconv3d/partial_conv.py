@@ -118,6 +118,7 @@ class PartialConvBase:
 
     @torch.jit.unused
     def _layer_stats_of_carrier(self, input: Tensor, mask_in: Optional[MaskLike], release: bool) -> Tuple[WindowStats, MaskLike]:
+        """:meth:`_layer_stats` outside TorchScript, where ``mask_in`` is a carrier: counted once per key."""
         geometry = self._geometry()
         mask_channels = self.out_channels if self.multi_channel else 1
         # what the result depends on besides the carrier: layers with equal keys share it
@@ -125,7 +126,8 @@ class PartialConvBase:
         result = mask_in.cached_for_mask(key, self._count, input, mask_in, geometry)
         return result.stats, result.release_output_mask() if release else result.output_mask()
 
-    def _count(self, input: Tensor, mask_in: MaskLike, geometry: tuple) -> "_LayerResult":
+    def _count(self, input: Tensor, mask_in: Mask, geometry: tuple) -> "_LayerResult":
+        """The statistics and output mask for the carrier ``mask_in``, which it keeps (:class:`_LayerResult`)."""
         mask = mask_in.tensor
         if mask is not None:
             self._check_mask(input, mask)
