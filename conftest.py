@@ -14,7 +14,7 @@ import torch
 
 import pconv3d
 import pconv3d.blocks
-import pconv3d.mask
+import pconv3d.masks
 import pconv3d.networks
 
 # notebooks run in kernel processes, which pyproject's `pythonpath = ["."]` does not reach: they import the
@@ -29,6 +29,6 @@ def _doctest_names(doctest_namespace):
     doctest_namespace["torch"] = torch
     doctest_namespace["monai"] = monai
     doctest_namespace["UNet"] = monai.networks.nets.UNet
-    for module in (pconv3d, pconv3d.blocks, pconv3d.mask, pconv3d.networks):
+    for module in (pconv3d, pconv3d.blocks, pconv3d.masks, pconv3d.networks):
         for name in module.__all__:
             doctest_namespace[name] = getattr(module, name)

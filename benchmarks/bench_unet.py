@@ -42,7 +42,7 @@ from monai.networks.nets import UNet
 from benchmarks.bench_partial_conv import synchronize, time_calls
 from tests.reference_baseline import ReferencePartialConv3d
 from pconv3d.blocks import PARTIAL_CONV
-from pconv3d.mask import tensor_of
+from pconv3d.masks.carrier import tensor_of
 from pconv3d.networks import PartialUNet
 
 MONAI, OURS, BASELINE = "MONAI UNet", "PartialUNet, masks", "PartialUNet on baseline layer"

@@ -13,9 +13,9 @@ from monai.visualize import GradCAM
 from torch._subclasses.fake_tensor import FakeTensor
 
 from pconv3d import PartialConv3d
-from pconv3d.mask import Mask
-from pconv3d.mask_stats import Windows
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import Mask
+from pconv3d.masks.counting import Windows, window_stats
 from pconv3d.networks import GatedUNet, PartialBasicUNet, PartialDynUNet, PartialSegResNet, PartialUNet
 from tests.masks import holes
 from tests.oracle import partial_conv_oracle
@@ -24,21 +24,21 @@ from tests.oracle import partial_conv_oracle
 @pytest.fixture
 def counted(monkeypatch):
     """Counts statistic computations (``True`` for those of an all-valid mask)."""
-    import pconv3d.partial_conv
+    import pconv3d.masks.counting as counting
 
     calls = []
-    real_stats, real_full = Windows.stats, pconv3d.partial_conv.full_stats
+    real_stats, real_full = counting._counted_stats, counting._all_valid_stats
 
-    def spy(self, mask, *args):
+    def spy(windows, mask, *args):
         calls.append(mask is None)
-        return real_stats(self, mask, *args)
+        return real_stats(windows, mask, *args)
 
     def spy_full(*args):
         calls.append(True)
         return real_full(*args)
 
-    monkeypatch.setattr(Windows, "stats", spy)
-    monkeypatch.setattr(pconv3d.partial_conv, "full_stats", spy_full)
+    monkeypatch.setattr(counting, "_counted_stats", spy)
+    monkeypatch.setattr(counting, "_all_valid_stats", spy_full)
     return calls
 
 
@@ -138,7 +138,7 @@ def test_vouches_skip_only_what_is_already_clean():
 def test_a_vouch_keeps_nothing_alive():
     carrier = Mask(holes((1, 1, 8, 8)))
     y = apply_mask(torch.randn(1, 4, 8, 8), carrier)
-    assert carrier.vouches_for(y)
+    assert carrier.has_zeros_in_holes(y)
     ref = weakref.ref(y)
     del y
     gc.collect()
@@ -323,8 +323,6 @@ def test_counting_in_bytes_compiled_and_exported_equal_the_float_count(transpose
     """Binary masks are counted in bytes (up to 255 per window, else in floating point), the compiled graph
     calls pconv3d::window_stats, exported programs use standard operators: all give the float count's
     statistics exactly, for single-channel and grouped multi-channel masks."""
-    from pconv3d.mask_stats import window_stats
-
     graphs = []
 
     def keep_graph(gm, example_inputs):
@@ -339,8 +337,8 @@ def test_counting_in_bytes_compiled_and_exported_equal_the_float_count(transpose
         all_valid = trial % 4 == 3  # the operator then takes its statistics from the geometry, as eager does
         m = torch.rand(2, channels, 7, 6, 5, generator=g) > (-1.0 if all_valid else 0.6)
         spatial = list(m.shape[2:])
-        want = w.stats(m.float(), spatial, groups, torch.float64, m.device)
-        got = w.stats(m, spatial, groups, torch.float64, m.device)
+        want = window_stats(w, m.float(), spatial, groups, torch.float64, m.device)
+        got = window_stats(w, m, spatial, groups, torch.float64, m.device)
         assert torch.equal(got.ratio, want.ratio) and torch.equal(got.valid, want.valid)
         got = torch.compile(window_stats, backend=keep_graph, fullgraph=True)(w, m, spatial, groups, torch.float64,
                                                                                 m.device)
@@ -355,7 +353,7 @@ def test_counting_in_bytes_compiled_and_exported_equal_the_float_count(transpose
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
 def test_full_stats_from_host_counts_equal_the_counted_ones(transposed):
-    from pconv3d.mask_stats import full_stats
+    from pconv3d.masks.counting import _all_valid_stats as full_stats, _counted_stats
 
     g = torch.Generator().manual_seed(0)
     checked = 0
@@ -372,7 +370,7 @@ def test_full_stats_from_host_counts_equal_the_counted_ones(transposed):
                 continue
             w = Windows([k, 3], [s, 1], [p, 1] if not pre else [0, 0], [d, 1], pre, mode, [0, 0], False)
         try:
-            want = w.stats(None, [length, 5], 1, torch.float64, torch.device("cpu"))
+            want = _counted_stats(w, None, [length, 5], 1, torch.float64, torch.device("cpu"))
         except RuntimeError:  # a geometry with no output
             continue
         got = full_stats(w, [length, 5], torch.float64, torch.device("cpu"))

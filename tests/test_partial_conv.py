@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.reference_baseline import ReferencePartialConv3d
 from pconv3d import PartialConv1d, PartialConv2d, PartialConv3d
-from pconv3d.masking import apply_mask
+from pconv3d.masks.apply import apply_mask
 from tests.oracle import partial_conv_oracle
 
 PCONV = {1: PartialConv1d, 2: PartialConv2d, 3: PartialConv3d}
@@ -304,3 +304,57 @@ def test_masks_of_every_dtype_are_left_as_they_were(dtype):
     assert torch.equal(m, kept)
     torch.testing.assert_close(out, conv(x, binary))
     assert torch.equal(apply_mask(x, m), apply_mask(x, binary))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_geometry_set_after_construction_acts_as_on_the_torch_layer(nd):
+    """A layer reads its geometry when it runs, as nn.ConvNd does: after setting padding, stride, dilation or a
+    weight with another kernel size, a full mask gives nn.ConvNd's output wherever a window lies inside the
+    image, and no mask, a full and a partial mask give the oracle's everywhere (scripted too)."""
+    torch.manual_seed(0)
+    size = [11] * nd
+    x = torch.randn(2, 2, *size)
+    full, partial = torch.ones(2, 1, *size), holes((2, 1, *size))
+    conv = PCONV[nd](2, 3, 3, padding=1, return_mask=True)
+    ref = CONV[nd](2, 3, 3, padding=1)
+    ref.load_state_dict(conv.state_dict())
+    changes = [("padding", (2,) * nd), ("stride", (2,) * nd), ("dilation", (2,) * nd), ("padding", (0,) * nd),
+               ("weight", torch.randn(3, 2, *([2] * nd))), ("stride", (1,) * nd), ("dilation", (1,) * nd),
+               ("padding", "same")]  # kernel 2: 'same' pads one voxel, after
+    conv_nd = getattr(torch.nn.functional, f"conv{nd}d")
+    for name, value in changes:
+        conv(x, partial)  # the geometry before the change has run
+        for layer in (conv, ref):
+            setattr(layer, name, nn.Parameter(value.clone()) if name == "weight" else value)
+        with torch.no_grad():
+            out, mask_out = conv(x, full)
+            want = ref(x)
+            # windows that lie inside the image: their count of image voxels is the kernel's size
+            inside = conv_nd(torch.ones(1, 1, *size), torch.ones(1, 1, *conv.weight.shape[2:]), stride=conv.stride,
+                             padding=conv.padding, dilation=conv.dilation)[0, 0] == conv.weight[0, 0].numel()
+            assert out.shape == want.shape and mask_out.shape[2:] == want.shape[2:] and inside.any(), name
+            torch.testing.assert_close(out[:, :, inside], want[:, :, inside], rtol=1e-5, atol=1e-5)
+            for m in (None, full, partial):
+                expected = partial_conv_oracle(x, conv.weight, conv.bias, m, stride=conv.stride, padding=conv.padding,
+                                               dilation=conv.dilation, groups=1)[0]
+                torch.testing.assert_close(conv(x, m)[0].double(), expected, rtol=1e-4, atol=1e-5)
+    scripted = torch.jit.script(conv)
+    torch.testing.assert_close(scripted(x, partial)[0], conv(x, partial)[0])
+
+
+def test_padding_of_other_modes_is_what_torch_pads_by():
+    """nn.ConvNd pads a non-zero padding mode by what it stored at construction, whatever ``padding`` says
+    later: so does the partial layer, and with a full mask (or none) it stays equal to nn.ConvNd."""
+    torch.manual_seed(0)
+    conv = PartialConv3d(2, 3, 3, padding=1, padding_mode="replicate")
+    ref = nn.Conv3d(2, 3, 3, padding=1, padding_mode="replicate")
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 2, 8, 8, 8)
+    conv.padding = ref.padding = (2, 2, 2)
+    want = ref(x)
+    for m in (None, torch.ones(1, 1, 8, 8, 8)):
+        torch.testing.assert_close(conv(x, m), want, rtol=1e-5, atol=1e-5)
+    m = holes((1, 1, 8, 8, 8))
+    expected = partial_conv_oracle(x, conv.weight, conv.bias, m, stride=conv.stride, padding=(1, 1, 1),
+                                   dilation=conv.dilation, groups=1, padding_mode="replicate")[0]
+    torch.testing.assert_close(conv(x, m).double(), expected, rtol=1e-4, atol=1e-5)

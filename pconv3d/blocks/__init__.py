@@ -1,6 +1,6 @@
 """Partial-convolution blocks for MONAI networks: every block takes and returns ``(x, mask)``.
 
-A mask may be a tensor or a :class:`~pconv3d.mask.Mask` carrier; a block returns its mask the way it was
+A mask may be a tensor or a :class:`~pconv3d.masks.carrier.Mask` carrier; a block returns its mask the way it was
 given (networks pass one carrier through the whole call). Blocks call their partial convolutions as
 modules, so forward hooks fire on every one of them.
 
@@ -33,7 +33,7 @@ from pconv3d.blocks.residual import PartialIdentity, PartialResidualUnit
 from pconv3d.blocks.segresnet_block import PartialNormActConv, PartialResBlock
 from pconv3d.blocks.sampling import NormalizedFilter, PartialMaxPool, PartialSubpixelUpsample, PartialUpSample
 from pconv3d.blocks.skip import PartialSequential, PartialSkipConnection
-from pconv3d.mask import any_channel, mask_union
+from pconv3d.masks.carrier import any_channel, mask_union
 
 __all__ = [
     "PARTIAL_CONV",

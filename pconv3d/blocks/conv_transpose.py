@@ -10,13 +10,13 @@ by rescaling as partial convolution does, and an all-valid mask gives exactly ``
 wherever ``F > 0``. Holes never reach the output, whatever they hold.
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pconv3d.mask_stats import Windows
+from pconv3d.masks.counting import Windows
 from pconv3d.partial_conv import PartialConvBase
 
 __all__ = ["PartialConvTranspose1d", "PartialConvTranspose2d", "PartialConvTranspose3d"]
@@ -32,7 +32,7 @@ class _PartialConvTransposeNd(PartialConvBase):
         return_mask: ``forward`` returns ``(output, updated_mask)`` instead of ``output``.
 
     ``forward(input, mask_in=None)``: ``mask_in`` is ``(1 or N, 1, *spatial)``, bool/integer (binary) or
-    floating (weights in [0, 1]), a tensor or a :class:`~pconv3d.mask.Mask`; ``None`` means all valid.
+    floating (weights in [0, 1]), a tensor or a :class:`~pconv3d.masks.carrier.Mask`; ``None`` means all valid.
     The returned mask has the input's dtype and shape ``(N, 1, *out)``.
     """
 
@@ -42,9 +42,17 @@ class _PartialConvTransposeNd(PartialConvBase):
             raise ValueError(f"partial transposed convolution: padding_mode must be 'zeros', got {self.padding_mode!r}")
         self.multi_channel = False
         self.return_mask = return_mask
-        self.windows = Windows(list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation), [],
-                               "constant", list(self.output_padding), True)
-        self._plain_when_unmasked = False  # outputs no input reaches are 0 and invalid
+
+    def _windows(self) -> Windows:
+        return Windows(list(self.weight.shape[2:]), list(self.stride), list(self.padding), list(self.dilation), [],
+                       "constant", list(self.output_padding), True)
+
+    def _geometry(self) -> tuple:
+        return ("transposed", self.weight.shape[2:], tuple(self.stride), tuple(self.padding),
+                tuple(self.output_padding), tuple(self.dilation))
+
+    def _plain_output(self, input: Tensor) -> Optional[Tensor]:
+        return None  # outputs no input reaches are 0 and invalid: always the partial arithmetic
 
     def _conv(self, x: Tensor) -> Tensor:
         """The bias-free transposed convolution, through the functional that autocast knows."""

@@ -11,8 +11,8 @@ from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_no
 from torch import Tensor
 
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS, masked_norm
-from pconv3d.mask import as_carrier, as_given, first_channel, tensor_of
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import MaskLike, as_carrier, as_given, first_channel, tensor_of
 
 __all__ = ["PartialADN", "PartialConvolution", "ZERO_PRESERVING_ACTS"]
 
@@ -80,7 +80,7 @@ class PartialADN(nn.Module):
         keeps_zeros = (*ZERO_PRESERVING_ACTS, *_ZERO_PRESERVING_DROPOUTS)
         self.clear_holes = after_norm is None or not all(isinstance(ops[item], keeps_zeros) for item in after_norm)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: MaskLike) -> Tensor:
         for item in self.ordering:
             # hasattr is resolved when scripting, so each branch compiles only where its module exists
             if item == "N":
@@ -167,7 +167,7 @@ class PartialConvolution(nn.Module):
             dropout_dim=dropout_dim,
         )
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = as_carrier(mask)
         y = self.conv(x, m)
         mask_out = self.conv.updated_mask(x, m)

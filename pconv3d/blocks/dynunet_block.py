@@ -21,8 +21,8 @@ from torch import Tensor
 
 from pconv3d.blocks.convolution import PartialConvolution
 from pconv3d.blocks.factories import masked_norm
-from pconv3d.mask import as_carrier, as_given, mask_union
-from pconv3d.masking import apply_mask
+from pconv3d.masks.apply import apply_mask
+from pconv3d.masks.carrier import MaskLike, as_carrier, as_given, mask_union
 
 __all__ = [
     "PartialUnetBasicBlock",
@@ -110,7 +110,7 @@ class PartialUnetBasicBlock(nn.Module):
         self.norm1 = _masked_norm_layer(norm_name, spatial_dims, out_channels)
         self.norm2 = _masked_norm_layer(norm_name, spatial_dims, out_channels)
 
-    def forward(self, inp: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, inp: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         out, m = self.conv1(inp, as_carrier(mask))
         out = self.lrelu(self.norm1(out, m))  # conv2 reads valid voxels only: no clearing needed here
         out, m = self.conv2(out, m)
@@ -153,7 +153,7 @@ class PartialUnetResBlock(PartialUnetBasicBlock):
             )
             self.norm3 = _masked_norm_layer(norm_name, spatial_dims, out_channels)
 
-    def forward(self, inp: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, inp: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m_in = as_carrier(mask)
         out, m = self.conv1(inp, m_in)
         out = self.lrelu(self.norm1(out, m))
@@ -209,8 +209,8 @@ class PartialUnetUpBlock(nn.Module):
         )
 
     def forward(
-        self, inp: Tensor, skip: Tensor, mask: Optional[Tensor] = None, skip_mask: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Tensor]:
+        self, inp: Tensor, skip: Tensor, mask: Optional[MaskLike] = None, skip_mask: Optional[MaskLike] = None
+    ) -> Tuple[Tensor, MaskLike]:
         skip_m = as_carrier(skip_mask)
         out, m = self.transp_conv(inp, as_carrier(mask))
         out, m = self.conv_block(torch.cat((out, apply_mask(skip, skip_m)), dim=1), mask_union(m, skip_m))
@@ -235,5 +235,5 @@ class PartialUnetOutBlock(nn.Module):
             act=None, norm=None, conv_only=False,
         )
 
-    def forward(self, inp: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, inp: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         return self.conv(inp, mask)

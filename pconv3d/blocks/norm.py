@@ -20,16 +20,16 @@ keeps no second copy). Soft weights are for the first partial convolution, not f
 """
 
 
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pconv3d.mask import tensor_of
-from pconv3d.mask_stats import masked_moments
-from pconv3d.masking import all_valid, apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import MaskLike, all_valid, tensor_of
+from pconv3d.masks.counting import stat_dtype
 
 __all__ = [
     "MaskedNorm",
@@ -40,7 +40,50 @@ __all__ = [
     "MaskedBatchNorm2d",
     "MaskedBatchNorm3d",
     "MaskedGroupNorm",
+    "masked_moments",
 ]
+
+
+class MaskedMoments(NamedTuple):
+    """Moments of a tensor over its valid voxels (see :func:`masked_moments`), all with reduced dims kept."""
+
+    mean: Tensor
+    var: Tensor
+    centered: Tensor
+    count: Tensor
+
+
+def masked_moments(x: Tensor, valid: Tensor, dims: List[int], mask: Optional[MaskLike] = None) -> MaskedMoments:
+    """Mean and biased variance of ``x`` over ``dims``, counting only voxels where ``valid == 1``.
+
+    Args:
+        x: floating tensor; its holes may hold anything (NaN and inf too): they are never read.
+        valid: binary (0/1) mask of ``x``'s dtype, broadcastable to ``x`` (size 1 or ``x``'s size in every
+            dim). It is the one tensor autograd keeps for the masking, shared by reference.
+        dims: the reduced dims.
+        mask: the carrier ``valid`` came from, if any (then a tensor it knows to hold zeros in its holes
+            is not masked again).
+
+    Returns ``mean``, ``var`` and ``count`` (the number of valid elements) with the reduced dims kept, in
+    :func:`~pconv3d.masks.counting.stat_dtype` (half-precision sums overflow and round), and
+    ``centered = x - mean`` in ``x``'s dtype with holes exactly 0. Where nothing is valid the mean and
+    variance are 0 (never NaN, gradients included).
+    """
+    acc = stat_dtype(x.dtype)
+    count = valid.sum(dims, keepdim=True, dtype=acc)
+    broadcast = 1  # elements of x per element of valid over the reduced dims
+    for d in dims:
+        if valid.shape[d] == 1:
+            broadcast *= x.shape[d]
+    count = count * broadcast
+    denom = count.clamp_min(1.0)
+    xm = apply_mask(x, valid if mask is None else mask)
+    mean = xm.sum(dims, keepdim=True, dtype=acc) / denom
+    # xm - mean on valid voxels, 0 in holes: one pass
+    centered = torch.addcmul(xm, mean.to(x.dtype), valid, value=-1.0)
+    # one pass, no squared temporary; its gradient is 2 * centered, also where everything is 0
+    var = torch.linalg.vector_norm(centered, 2, dims, keepdim=True, dtype=acc).square() / denom
+    return MaskedMoments(mean, var, centered, count)
 
 
 def _channel_view(t: Tensor, dims: int) -> Tensor:
@@ -56,7 +99,7 @@ class MaskedNorm:
     the scale is folded before it meets the data, and the bias is added on valid voxels only.
     """
 
-    def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, mask: Optional[MaskLike] = None) -> Tensor:
         if self._torch_kernels_apply(mask):
             return self._torch_norm(input)
         spatial = input.dim() - 2
@@ -76,16 +119,16 @@ class MaskedNorm:
             y = torch.addcmul(y, valid, _channel_view(bias, spatial))
         return mark_clean(y, mask)
 
-    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[MaskLike]) -> Tuple[Tensor, Tensor]:
         """``(input - mean)`` with holes exactly 0, and ``1 / sqrt(var + eps)`` per (instance or 1, channel);
         ``valid`` is ``mask`` (a tensor or carrier, ``None`` for all valid) as 0/1 of ``input``'s dtype."""
         raise NotImplementedError
 
-    def _torch_kernels_apply(self, mask: Optional[Tensor]) -> bool:
+    def _torch_kernels_apply(self, mask: Optional[MaskLike]) -> bool:
         """Whether nothing is missing (no mask, or one known all valid) and the torch norm follows the rules
         here: then its own kernels give the same result in fewer passes. All torch norms follow them but
         instance norm with ``momentum=None``, which leaves its running statistics as they are (here: a
-        cumulative average). Under TorchScript the same rule (:func:`~pconv3d.masking.all_valid` reads a tensor
+        cumulative average). Under TorchScript the same rule (:func:`~pconv3d.masks.carrier.all_valid` reads a tensor
         mask as the carrier would), so a scripted network does the eager arithmetic."""
         return not self._cumulative_update() and all_valid(mask)
 
@@ -105,7 +148,7 @@ class _MaskedRunningNorm(MaskedNorm):
     def _stat_dims(self, input: Tensor) -> List[int]:
         raise NotImplementedError
 
-    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[MaskLike]) -> Tuple[Tensor, Tensor]:
         running_mean, running_var = self.running_mean, self.running_var
         if self.training or running_mean is None or running_var is None:
             mean, var, centered, count = masked_moments(input, valid, self._stat_dims(input), mask)
@@ -230,7 +273,7 @@ class MaskedGroupNorm(MaskedNorm, nn.GroupNorm):
     def _torch_norm(self, input: Tensor) -> Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
-    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    def _centered(self, input: Tensor, valid: Tensor, mask: Optional[MaskLike]) -> Tuple[Tensor, Tensor]:
         grouped, valid_grouped = self._group(input, valid)
         _, var, centered, _ = masked_moments(grouped, valid_grouped, list(range(2, grouped.dim())))
         # one rstd per group, repeated for the group's channels: (N, C, 1, ...)

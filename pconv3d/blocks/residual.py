@@ -14,17 +14,17 @@ from torch import Tensor
 from pconv3d.blocks.convolution import PartialConvolution
 from pconv3d.blocks.factories import PARTIAL_CONV
 from pconv3d.blocks.skip import PartialSequential
-from pconv3d.mask import any_channel, as_carrier, as_given, first_channel, mask_union, tensor_of
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import MaskLike, any_channel, as_carrier, as_given, first_channel, mask_union, tensor_of
 
 __all__ = ["PartialIdentity", "PartialResidualUnit"]
 
 
 class PartialIdentity(nn.Module):
     """Identity on ``(x, mask)`` pairs that clears the holes of ``x`` (they may hold anything) and returns
-    the mask single-channel (:func:`~pconv3d.mask.any_channel`)."""
+    the mask single-channel (:func:`~pconv3d.masks.carrier.any_channel`)."""
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, Optional[MaskLike]]:
         if mask is None:
             return x, mask
         if tensor_of(mask) is None:  # a carrier without a tensor: all valid
@@ -111,14 +111,14 @@ class PartialResidualUnit(nn.Module):
             )
         self.identity_residual = isinstance(self.residual, PartialIdentity)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = as_carrier(mask)
         res, res_mask = self._residual(x, m)
         cx, cx_mask = self.conv(x, m)
         merged = mask_union(cx_mask, res_mask)
         return mark_clean(cx + res, merged), as_given(merged, mask)
 
-    def _residual(self, x: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    def _residual(self, x: Tensor, mask: Optional[MaskLike]) -> Tuple[Tensor, Optional[MaskLike]]:
         # a constant: scripting compiles only the branch that matches the residual's type
         if self.identity_residual:
             return self.residual(x, mask)

@@ -12,7 +12,7 @@ Mask rules (the strided partial convolution, the other way down, is :class:`pcon
   interpolation (exactly for ``"nearest"``, to rounding for linear modes).
 * pixel shuffle (``"pixelshuffle"``, :class:`PartialSubpixelUpsample`): a partial convolution to
   ``out_channels * scale_factor ** spatial_dims`` channels, then the shuffle, in which every sub-pixel voxel
-  inherits the validity of its source voxel (:func:`~pconv3d.mask.shuffle_mask`), then MONAI's pad-pool
+  inherits the validity of its source voxel (:func:`~pconv3d.masks.carrier.shuffle_mask`), then MONAI's pad-pool
   (zero padding, average pool) as a :class:`NormalizedFilter`: an average over the valid voxels of each
   window, the zero padding missing like the partial convolutions' (so, unlike MONAI's, border voxels are
   not darkened by the padding).
@@ -32,8 +32,8 @@ from torch import Tensor
 
 from pconv3d.blocks.factories import PARTIAL_CONV, PARTIAL_CONVTRANS
 from pconv3d.blocks.residual import PartialIdentity
-from pconv3d.mask import Mask, as_carrier, as_given, first_channel, shuffle_mask, tensor_of
-from pconv3d.masking import all_valid, apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import MaskLike, all_valid, as_carrier, as_given, first_channel, shuffle_mask, tensor_of
 
 __all__ = ["PartialMaxPool", "NormalizedFilter", "PartialSubpixelUpsample", "PartialUpSample"]
 
@@ -69,7 +69,7 @@ class PartialMaxPool(nn.Module):
             kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
         )
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = tensor_of(mask)
         if m is None or all_valid(mask):  # nothing missing: the plain pooling
             y = self.pool(x)
@@ -109,7 +109,7 @@ class NormalizedFilter(nn.Module):
         super().__init__()
         self.filter = filter
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         weights = tensor_of(mask)
         if weights is None:
             weights = torch.ones([1, 1] + list(x.shape[2:]), dtype=x.dtype, device=x.device)
@@ -191,7 +191,7 @@ class PartialSubpixelUpsample(nn.Module):
                 Pool[Pool.AVG, spatial_dims](kernel_size=scale_factor, stride=1),
             ))
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         carrier = as_carrier(mask)
         if self.has_conv:
             y = self.conv_block(x, carrier)
@@ -300,7 +300,7 @@ class PartialUpSample(nn.Module):
             size=size, scale_factor=None if size else scale_factor_, mode=interp.value, align_corners=align_corners
         ))
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         if hasattr(self, "deconv"):
             m = as_carrier(mask)
             y = self.deconv(x, m)
@@ -329,19 +329,18 @@ def _refuse_custom_modules(block: nn.Module, **modules: object) -> None:
                              f"known for them); use 'default' or None")
 
 
-def _mask_or_ones(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+def _mask_or_ones(x: Tensor, mask: Optional[MaskLike]) -> MaskLike:
     """``mask``, or where there is none (all valid) a mask of ones for ``x``."""
-    if torch.jit.is_scripting():
-        if mask is not None:
-            return mask
-    elif tensor_of(mask) is not None:
+    if mask is not None and tensor_of(mask) is not None:
         return mask
     ones = torch.ones([x.shape[0], 1] + list(x.shape[2:]), dtype=x.dtype, device=x.device)
     return _handed_on(ones, mask, True, True)
 
 
-def _handed_on(mask_out: Tensor, given: Optional[Tensor], binary: Optional[bool], all_valid: Optional[bool]) -> Tensor:
+def _handed_on(mask_out: Tensor, given: Optional[MaskLike], binary: Optional[bool], all_valid: Optional[bool]) -> MaskLike:
     """``mask_out`` as a block returns it: a carrier with these facts if it was given one, else the tensor."""
-    if torch.jit.is_scripting():
+    if given is None:
         return mask_out
-    return given.then(mask_out, binary=binary, all_valid=all_valid) if isinstance(given, Mask) else mask_out
+    if isinstance(given, Tensor):
+        return mask_out
+    return given.new_mask(mask_out, binary=binary, all_valid=all_valid)

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from pconv3d.blocks.convolution import ZERO_PRESERVING_ACTS, PartialConvolution
 from pconv3d.blocks.factories import masked_norm
-from pconv3d.mask import as_carrier, as_given, mask_union
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import MaskLike, as_carrier, as_given, mask_union
 
 __all__ = ["PartialResBlock", "PartialNormActConv", "partial_conv_layer"]
 
@@ -50,7 +50,7 @@ class PartialResBlock(nn.Module):
         # the masked norm leaves holes at 0; an activation that maps 0 elsewhere needs them cleared again
         self.clear_holes = not isinstance(self.act, ZERO_PRESERVING_ACTS)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = as_carrier(mask)
         identity = apply_mask(x, m)
         y = self.act(self.norm1(x, m))
@@ -73,7 +73,7 @@ class PartialNormActConv(nn.Module):
         self.add_module("2", partial_conv_layer(spatial_dims, in_channels, out_channels, kernel_size=1, bias=True))
         self.clear_holes = not isinstance(getattr(self, "1"), ZERO_PRESERVING_ACTS)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = as_carrier(mask)
         y = getattr(self, "1")(getattr(self, "0")(x, m))
         y, m_out = getattr(self, "2")(apply_mask(y, m) if self.clear_holes else y, m)

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pconv3d.mask import as_carrier, as_given, mask_intersection, mask_union, tensor_of
-from pconv3d.masking import apply_mask, mark_clean
+from pconv3d.masks.apply import apply_mask, mark_clean
+from pconv3d.masks.carrier import MaskLike, as_carrier, as_given, mask_intersection, mask_union, tensor_of
 
 __all__ = ["PartialSequential", "PartialSkipConnection"]
 
@@ -36,7 +36,7 @@ class PartialSequential(nn.Sequential):
         >>> y, m = seq(torch.randn(1, 1, 8, 8, 8), torch.ones(1, 1, 8, 8, 8))
     """
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = as_carrier(mask)
         for module in self:
             x, m = module(x, m)
@@ -68,7 +68,7 @@ class PartialSkipConnection(nn.Module):
         self.dim = dim
         self.mode = mode
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike] = None) -> Tuple[Tensor, MaskLike]:
         m = as_carrier(mask)
         y, y_mask = self.submodule(x, m)
         x = apply_mask(x, m)  # the merged mask may mark x's holes valid: they must hold zeros

@@ -18,7 +18,7 @@ from pconv3d.blocks import (
     PartialUpSample,
     masked_norm,
 )
-from pconv3d.mask import as_carrier, as_given, mask_union, pad_mask
+from pconv3d.masks.carrier import MaskLike, as_carrier, as_given, mask_union, pad_mask
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialBasicUNet", "PartialTwoConv", "PartialDown", "PartialUpCat"]
@@ -101,8 +101,8 @@ class PartialUpCat(nn.Module):
         self.is_pad = is_pad
 
     def forward(
-        self, x: Tensor, x_e: Optional[Tensor], mask: Optional[Tensor] = None, mask_e: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Tensor]:
+        self, x: Tensor, x_e: Optional[Tensor], mask: Optional[MaskLike] = None, mask_e: Optional[MaskLike] = None
+    ) -> Tuple[Tensor, MaskLike]:
         x_0, m_0 = self.upsample(x, as_carrier(mask))
         if x_e is None:
             x_0, m_0 = self.convs(x_0, m_0)

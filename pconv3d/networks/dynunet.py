@@ -15,7 +15,7 @@ from pconv3d.blocks import (
     PartialUnetUpBlock,
     masked_norm,
 )
-from pconv3d.mask import as_carrier
+from pconv3d.masks.carrier import MaskLike, as_carrier
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialDynUNet", "PartialDynUNetSkipLayer"]
@@ -47,7 +47,7 @@ class PartialDynUNetSkipLayer(nn.Module):
         self.index = index
         self.next_is_bottleneck = not isinstance(next_layer, PartialDynUNetSkipLayer)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor], heads: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Optional[MaskLike], heads: List[Tensor]) -> Tuple[Tensor, MaskLike]:
         downout, downmask = self.downsample(x, mask)
         # a constant: scripting compiles only the call that matches next_layer's signature
         if self.next_is_bottleneck:

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from pconv3d.blocks import PartialIdentity, PartialSequential, PartialUpSample, masked_norm
 from pconv3d.blocks.segresnet_block import PartialNormActConv, PartialResBlock, partial_conv_layer
-from pconv3d.mask import as_carrier, mask_union
-from pconv3d.masking import mark_clean
+from pconv3d.masks.apply import mark_clean
+from pconv3d.masks.carrier import as_carrier, mask_union
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialSegResNet"]

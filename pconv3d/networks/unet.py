@@ -15,7 +15,7 @@ from pconv3d.blocks import (
     PartialSkipConnection,
     masked_norm,
 )
-from pconv3d.mask import as_carrier
+from pconv3d.masks.carrier import as_carrier
 from pconv3d.networks.utils import resolve_mask
 
 __all__ = ["PartialUNet", "unet_down_layer", "unet_up_layer"]

@@ -13,7 +13,7 @@ dictionary version (which only routes keys):
 
 Conventions: an image is channel-first ``(C, X, Y, Z)``, as after MONAI's ``EnsureChannelFirst``; a validity
 mask is ``(1, X, Y, Z)`` on the image's grid, under ``mask_key`` (default ``"mask"``) in a dictionary, with the
-meaning of valid of :mod:`pconv3d.mask`: bool/integer masks are nonzero = valid, floating masks are weights in
+meaning of valid of :mod:`pconv3d.masks.carrier`: bool/integer masks are nonzero = valid, floating masks are weights in
 [0, 1] (0 = missing, 1 = valid), and a floating mask with values outside [0, 1] or NaN is refused with a
 ``ValueError``. Masks made here are float32, floating weights pass through unchanged (a new hole sets a weight
 to 0), and when the image is a ``MetaTensor`` the mask is one too, with a copy of the image's metadata. After

@@ -89,7 +89,7 @@ DEFAULT_AFFINE = MappingProxyType({"prob": 0.3, "rotate_range": (0.2, 0.2, 0.2),
 def _load(reader: ImageReader | str | None, mask_options: Mapping[str, Any] | None) -> list[MapTransform]:
     """Steps 1-2: load, channel first, grid check, mask derivation (before any resampling)."""
     load = LoadImaged((IMAGE, LABEL), reader=reader, image_only=True, allow_missing_keys=True)
-    # a mask keeps its dtype: an integer mask file (0/255 too) is valid wherever nonzero (see pconv3d.mask)
+    # a mask keeps its dtype: an integer mask file (0/255 too) is valid wherever nonzero (see pconv3d.masks.carrier)
     load_mask = LoadImaged(MASK, reader=reader, image_only=True, allow_missing_keys=True, dtype=None)
     if reader is None:
         # NIfTI stays with MONAI's NibabelReader; MetaImage and NRRD go to SimpleITK (MONAI's ITKReader needs itk)
