@@ -1,4 +1,4 @@
-"""How the running code is executed: the one place pconv3d asks (:func:`execution_mode`)."""
+"""How the running code is executed: the one place pconv3d asks (:func:`~pconv3d.masks.mode.execution_mode`)."""
 
 import torch
 
