@@ -44,6 +44,7 @@ exclude_patterns = [
     "**.ipynb_checkpoints",
     "execute_notebooks.py",
     "study/summary.md",  # included by study.md
+    "study/issue24/summary.md",  # included by study.md
 ]
 templates_path = ["_templates"]
 
