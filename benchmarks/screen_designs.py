@@ -35,7 +35,6 @@ VARIANTS["gated_rarely"] = {**VARIANTS["gated_soft"], **CANDIDATES["rarely, all 
 VARIANTS["gated_consistency"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 1.0}}
 # the default trained 1.5x longer: consistency training's wall time, the equal-time control
 VARIANTS["gated_soft_1.5x"] = {**VARIANTS["gated_soft"], "epochs": 375}
-VARIANTS["gated_consistency_w3"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 3.0}}
 
 
 def main() -> None:
