@@ -34,7 +34,7 @@ VARIANTS["gated_rarely"] = {**VARIANTS["gated_soft"], **CANDIDATES["rarely, all 
 # GatedUNet seeing each patch holed and complete in one step, the holed prediction pulled toward the complete one
 VARIANTS["gated_consistency"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 1.0}}
 # the default trained 1.5x longer: consistency training's wall time, the equal-time control
-VARIANTS["gated_soft_1.5x"] = {**VARIANTS["gated_soft"], "epochs": 375}
+VARIANTS["gated_soft_1.5x"] = {**VARIANTS["gated_soft"], "epochs_scale": 1.5}
 
 
 def main() -> None:
