@@ -25,6 +25,8 @@ if __name__ == "__main__":
     p.add_argument("--budget", type=int, default=2, help="the last stage's multiple of --epochs")
     p.add_argument("--budget-methods", nargs="+", choices=list(METHODS),
                    help="the methods trained at the larger budget (default: the best method and the best baseline)")
+    p.add_argument("--budget-seeds", type=int, nargs="+", help="the larger budget's seeds (default: --seeds)")
     args = p.parse_args()
     run_study(args.output, epochs=args.epochs, seeds=args.seeds, methods=args.methods, patterns=args.patterns,
-              candidates=args.candidates, budget=args.budget, budget_methods=args.budget_methods)
+              candidates=args.candidates, budget=args.budget, budget_methods=args.budget_methods,
+              budget_seeds=args.budget_seeds)

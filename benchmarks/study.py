@@ -254,12 +254,14 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
               methods: Sequence[str] = tuple(METHODS), patterns: Sequence[str] = tuple(PATTERNS),
               fractions: Sequence[float] = FRACTIONS, candidates: Sequence[str] = tuple(CANDIDATES),
               n_test: int = 8, kind: str = "mni", size: int = 48, extra: dict[str, Any] | None = None,
-              budget: int = 2, budget_methods: Sequence[str] | None = None) -> list[dict]:
+              budget: int = 2, budget_methods: Sequence[str] | None = None,
+              budget_seeds: Sequence[int] | None = None) -> list[dict]:
     """Run the three stages (module doc) into ``output``; returns the rows of the final stage.
 
     ``extra`` are config overrides for every training (the tests make the networks tiny with it). ``budget``:
     the last stage's multiple of ``epochs``, for ``budget_methods`` (default: the best method and the best
-    baseline). Settings are chosen on :data:`PATTERNS` alone, never on the held-out ones."""
+    baseline), with ``budget_seeds`` (default: ``seeds``). Settings are chosen on :data:`PATTERNS` alone, never on
+    the held-out ones."""
     out = Path(output)
     data, num_classes, validation, test = study_data(out, kind, size, n_test)
     roi, extra = [32, 32, 32], dict(extra or {})
@@ -313,7 +315,7 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
     top = list(budget_methods) if budget_methods is not None else ranked[:1] + rivals[:1]
     budget_rows: list[dict[str, Any]] = []
     for slug in top:  # 3. a larger budget
-        for seed in seeds:
+        for seed in seeds if budget_seeds is None else budget_seeds:
             run = train(data, out / f"budget{budget}x" / slug / f"seed{seed}", budget * epochs, seed,
                         {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
             budget_rows += _rows(slug, seed, run, score_network(run, test, patterns, fractions, roi, num_classes))
