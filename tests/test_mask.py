@@ -116,17 +116,17 @@ def test_inference_mode_then_training_mode():
     assert conv.weight.grad is not None
 
 
-def test_vouches_skip_only_what_is_already_clean():
+def test_marked_clean_skips_only_what_is_already_clean():
     x = torch.full((1, 2, 4, 4), float("nan"))
     x[..., :2] = 3.0
     m = torch.zeros(1, 1, 4, 4)
     m[..., :2] = 1.0
     carrier = Mask(m)
     y = apply_mask(x, carrier)
-    assert apply_mask(y, carrier) is y  # vouched for: nothing to do
+    assert apply_mask(y, carrier) is y  # marked as zero in its holes: nothing to do
     assert apply_mask(y, Mask(m.clone())) is not y  # another carrier knows nothing of y
     assert apply_mask(y, m) is not y  # nor does a plain tensor: it remembers nothing
-    y[..., 2] = float("nan")  # an in-place edit of y ends the vouch
+    y[..., 2] = float("nan")  # an in-place edit of y ends the mark
     assert (apply_mask(y, carrier)[..., 2:] == 0).all()
     soft = Mask(torch.full((1, 1, 4, 4), 0.5))
     z = mark_clean(torch.ones(1, 2, 4, 4), soft)
@@ -135,7 +135,7 @@ def test_vouches_skip_only_what_is_already_clean():
     assert apply_mask(x, torch.ones(1, 1, 4, 4)) is x
 
 
-def test_a_vouch_keeps_nothing_alive():
+def test_a_mark_keeps_nothing_alive():
     carrier = Mask(holes((1, 1, 8, 8)))
     y = apply_mask(torch.randn(1, 4, 8, 8), carrier)
     assert carrier.has_zeros_in_holes(y)
