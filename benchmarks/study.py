@@ -35,14 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from monai.transforms import Compose
 
 from benchmarks.paired import paired_difference
 from pconv3d.data import make_dataset
 from pconv3d.io.datalist import DATASET_JSON, generated_dataset_settings, load_datalist
 from pconv3d.io.sitk import atomic_write
-from pconv3d.transforms import InputRecipe
+from pconv3d.transforms import InputRecipe, hole_distance
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms
 from pipelines.bundle import run_workflow
 from pipelines.config import load_config
@@ -197,7 +196,7 @@ def hole_reach(missing: torch.Tensor) -> float:
     """How far the holes reach: the largest Euclidean distance (voxels) from a missing voxel to the nearest
     acquired one, 0 with nothing missing. Interpolation fills a hole well where this is small (thin slices,
     small boxes) and guesses where it is large (slabs, large regions): the routing analysis reads it."""
-    return float(ndimage.distance_transform_edt(missing.numpy()).max()) if missing.any() else 0.0
+    return float(hole_distance(~missing).max()) if missing.any() else 0.0
 
 
 @functools.lru_cache(maxsize=1024)
