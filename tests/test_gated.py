@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import UNet
 
-from pconv3d.blocks import Gated, GatedConvolution, GatedResidualUnit, gate_for
+from pconv3d.blocks import Gated, GatedConvolution, GatedResidualUnit, conv_together, gate_for
 from pconv3d.networks import GatedUNet
 
 GEOMETRY = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "transposed",
@@ -203,14 +205,16 @@ def test_gated_unet_learns_its_gates_in_2d():
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_gated_unet_scripts_to_the_same_arithmetic():
+def test_gated_unet_scripts_to_the_same_function():
+    """TorchScript runs each block's convolutions one by one, eager mode stacks them: the same sums, so float32
+    agrees to rounding."""
     from monai.networks.utils import convert_to_torchscript
 
     net = GatedUNet(3, 2, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     scripted = convert_to_torchscript(net, verify=True, inputs=[x])  # MONAI's default tolerances
     with torch.no_grad():
-        assert torch.equal(scripted(x), net(x))
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, geometry", CONVOLUTION_GEOMETRIES[:4] + CONVOLUTION_GEOMETRIES[5:6])
@@ -241,3 +245,57 @@ def test_gated_unet_with_one_map_per_block():
     assert light(x).shape == (1, 3, 16, 16, 16)
     with pytest.raises(ValueError, match="gate has 1 or 8"):
         gate_for(torch.nn.Conv3d(4, 8, 3), channels=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims=st.integers(1, 3), transposed=st.booleans(), in_channels=st.integers(1, 3),
+       outs=st.lists(st.tuples(st.integers(1, 4), st.booleans()), min_size=1, max_size=3),
+       kernel=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 2), dilation=st.integers(1, 2),
+       size=st.integers(5, 7))
+def test_conv_together_is_each_convolution_on_its_own(dims, transposed, in_channels, outs, kernel, stride, padding,
+                                                      dilation, size):
+    """One call for layers of one geometry: each output, and each gradient, is the layer's own (float64)."""
+    torch.manual_seed(0)
+    kind = getattr(torch.nn, f"ConvTranspose{dims}d" if transposed else f"Conv{dims}d")
+    extra = dict(output_padding=stride - 1) if transposed and stride > dilation else {}
+    convs = [kind(in_channels, out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias, **extra)
+             .double() for out, bias in outs]
+    x = torch.randn(2, in_channels, *[size] * dims, dtype=torch.float64, requires_grad=True)
+    try:
+        expected = [conv(x) for conv in convs]
+    except RuntimeError:  # no output for this geometry
+        return
+    got = conv_together(x, convs)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    weights = [torch.randn_like(e) for e in expected]
+    grads = lambda ys: torch.autograd.grad(  # noqa: E731
+        sum((y * w).sum() for y, w in zip(ys, weights)), [x] + [p for c in convs for p in c.parameters()])
+    for g, e in zip(grads(got), grads(expected)):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make, args, stacked", [
+    (GatedResidualUnit, dict(strides=2, subunits=2), 3),  # gate and residual stacked with the first convolution
+    (GatedResidualUnit, dict(dilation=2), 2),  # the residual (1x1, no dilation) on its own
+    (GatedConvolution, dict(strides=2, is_transposed=True), 2),
+    (GatedConvolution, dict(groups=2, gate_channels=1), 0),  # cannot stack: the layers one by one
+], ids=["residual_stacked", "residual_apart", "transposed", "grouped_one_map"])
+def test_gated_blocks_train_as_their_composition(make, args, stacked, monkeypatch):
+    """The stacked forward has the composition's output and gradients: block(x) * sigmoid(gate(x)), in float64."""
+    import pconv3d.blocks.gated as gated
+
+    calls = []
+    monkeypatch.setattr(gated, "conv_together", lambda x, convs: calls.append(len(convs)) or conv_together(x, convs))
+    torch.manual_seed(5)
+    block = make(3, 4, 6, **args).double()
+    x = torch.randn(2, 4, 6, 7, 8, dtype=torch.float64)
+    composed = block.block(x) * torch.sigmoid(block.gate(x))
+    r = torch.randn_like(composed)
+    params = list(block.parameters())
+    expected = torch.autograd.grad((composed * r).sum(), params)
+    y = block(x)
+    torch.testing.assert_close(y, composed, rtol=1e-12, atol=1e-12)
+    for g, e in zip(torch.autograd.grad((y * r).sum(), params), expected):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    assert calls == ([stacked] if stacked else [])

@@ -18,7 +18,7 @@ from pconv3d.blocks.dynunet_block import (
     PartialUnetResBlock,
     PartialUnetUpBlock,
 )
-from pconv3d.blocks.gated import GATE_BIAS, Gated, GatedConvolution, GatedResidualUnit, gate_for
+from pconv3d.blocks.gated import GATE_BIAS, Gated, GatedConvolution, GatedResidualUnit, conv_together, gate_for
 from pconv3d.blocks.norm import (
     MaskedBatchNorm1d,
     MaskedBatchNorm2d,
@@ -70,6 +70,7 @@ __all__ = [
     "Gated",
     "GatedConvolution",
     "GatedResidualUnit",
+    "conv_together",
     "gate_for",
     "PartialResBlock",
     "PartialNormActConv",

@@ -19,20 +19,28 @@ gates are new), and a gate whose sigmoid is 1 gives MONAI's block exactly. ``nam
 ``named_modules`` show the composition (``block.conv.weight``); the ``state_dict`` and ``load_state_dict``
 hooks of :class:`Gated` translate between the two (loading accepts both spellings). TorchScript keeps no
 Python hooks, so a scripted gated module's ``state_dict`` has the composed keys (which the eager one loads).
+
+Speed: a gate reads the same input with the same geometry as its block's first convolution, and so does a
+strided residual unit's residual convolution. :func:`conv_together` stacks such layers' weights along the output
+channels and runs them as one convolution call: the same sums, one pass over the input (on CPU the gated UNet's
+network time falls from about 1.3x to about 1.1x the plain UNet's: ``benchmarks/bench_recipes.py``). The
+parameters stay separate, so the keys and the weights are unchanged. TorchScript runs the layers one by one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.layers.factories import Conv
 from torch import Tensor
 from torch.nn.modules.conv import _ConvNd
 
-__all__ = ["GATE_BIAS", "Gated", "GatedConvolution", "GatedResidualUnit", "gate_for"]
+__all__ = ["GATE_BIAS", "Gated", "GatedConvolution", "GatedResidualUnit", "conv_together", "gate_for"]
 
 # a new gate starts mostly open (sigmoid(2) = 0.88), so a gated network starts close to its plain twin
 GATE_BIAS = 2.0
@@ -78,6 +86,44 @@ def gate_for(conv: nn.Module, channels: int | None = None) -> nn.Module:
     gate = Conv[kind, len(conv.kernel_size)](conv.in_channels, channels, **geometry)
     nn.init.constant_(gate.bias, GATE_BIAS)
     return gate
+
+
+_FUNCTIONAL = {(False, 1): F.conv1d, (False, 2): F.conv2d, (False, 3): F.conv3d,
+               (True, 1): F.conv_transpose1d, (True, 2): F.conv_transpose2d, (True, 3): F.conv_transpose3d}
+_SHARED = ("in_channels", "kernel_size", "stride", "padding", "dilation", "output_padding", "transposed")
+
+
+def _stackable(convs: Sequence[nn.Module]) -> bool:
+    """Whether :func:`conv_together` can run ``convs`` as one call: convolution layers of one type and geometry
+    (input channels, kernel, stride, padding, dilation, output padding), zero padding, no groups."""
+    first = convs[0]
+    return all(isinstance(c, _ConvNd) and type(c) is type(first) and c.groups == 1 and c.padding_mode == "zeros"
+               and all(getattr(c, a) == getattr(first, a) for a in _SHARED) for c in convs)
+
+
+def conv_together(x: Tensor, convs: Sequence[_ConvNd]) -> list[Tensor]:
+    """``[conv(x) for conv in convs]`` as one convolution call: the layers' weights stacked along the output
+    channels, the result split back. Each output channel is the same sum as its own layer's; the input is read
+    once. ``convs`` must be stackable (``_stackable``); a layer without a bias adds zeros.
+
+    Example::
+
+        >>> a, b = nn.Conv3d(2, 4, 3, padding=1), nn.Conv3d(2, 1, 3, padding=1, bias=False)
+        >>> x = torch.randn(1, 2, 8, 8, 8)
+        >>> ya, yb = conv_together(x, [a, b])
+        >>> torch.allclose(ya, a(x), atol=1e-6), torch.allclose(yb, b(x), atol=1e-6)
+        (True, True)
+    """
+    first = convs[0]
+    transposed = bool(first.transposed)
+    weight = torch.cat([c.weight for c in convs], dim=1 if transposed else 0)
+    bias = torch.cat([c.weight.new_zeros(c.out_channels) if c.bias is None else c.bias for c in convs])
+    conv = _FUNCTIONAL[transposed, len(first.kernel_size)]
+    if transposed:
+        y = conv(x, weight, bias, first.stride, first.padding, first.output_padding, 1, first.dilation)
+    else:
+        y = conv(x, weight, bias, first.stride, first.padding, first.dilation, 1)
+    return list(torch.split(y, [c.out_channels for c in convs], dim=1))
 
 
 class Gated(nn.Module):
@@ -165,6 +211,20 @@ class GatedConvolution(Gated):
         block = Convolution(*args, **kwargs)
         super().__init__(block, gate_for(block.conv, gate_channels))
 
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self.block(x) * torch.sigmoid(self.gate(x))
+        return self._forward_stacked(x)
+
+    @torch.jit.unused
+    def _forward_stacked(self, x: Tensor) -> Tensor:
+        if not _stackable([self.block.conv, self.gate]):  # a one-map gate of a grouped convolution
+            return super().forward(x)
+        y, gate = conv_together(x, [self.block.conv, self.gate])
+        for layer in list(self.block)[1:]:  # the ADN after the convolution, if any
+            y = layer(y)
+        return y * torch.sigmoid(gate)
+
     def __getitem__(self, index: int | slice) -> nn.Module:
         return self.block[index]
 
@@ -193,3 +253,22 @@ class GatedResidualUnit(Gated):
     def __init__(self, *args: Any, gate_channels: int | None = None, **kwargs: Any) -> None:
         block = ResidualUnit(*args, **kwargs)
         super().__init__(block, gate_for(block.conv.unit0.conv, gate_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self.block(x) * torch.sigmoid(self.gate(x))
+        return self._forward_stacked(x)
+
+    @torch.jit.unused
+    def _forward_stacked(self, x: Tensor) -> Tensor:
+        if not _stackable([self.block.conv.unit0.conv, self.gate]):
+            return super().forward(x)
+        # MONAI's ResidualUnit.forward, its first convolution, the gate and (strided units) the residual in one call
+        unit0, residual = self.block.conv.unit0, self.block.residual
+        convs = [unit0.conv, self.gate]
+        if _stackable([unit0.conv, residual]):
+            convs.append(residual)
+        y, gate, *stacked = conv_together(x, convs)
+        for layer in list(unit0)[1:] + list(self.block.conv)[1:]:  # unit0's ADN, then the other subunits
+            y = layer(y)
+        return (y + (stacked[0] if stacked else residual(x))) * torch.sigmoid(gate)
