@@ -23,7 +23,8 @@ Python hooks, so a scripted gated module's ``state_dict`` has the composed keys 
 Speed: a gate reads the same input with the same geometry as its block's first convolution, and so does a
 strided residual unit's residual convolution. :func:`conv_together` stacks such layers' weights along the output
 channels and runs them as one convolution call: the same sums, one pass over the input (what it saves is
-measured by ``benchmarks/bench_recipes.py``). The parameters stay separate, so the keys and the weights are unchanged. TorchScript runs the layers one by one.
+measured by ``benchmarks/bench_recipes.py``). The parameters stay separate, so the keys and the weights are
+unchanged. TorchScript runs the layers one by one.
 """
 
 from __future__ import annotations
