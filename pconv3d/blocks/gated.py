@@ -160,6 +160,13 @@ class Gated(nn.Module):
         self.register_load_state_dict_pre_hook(_prefix_block)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript runs the layers one by one
+            return self.block(x) * torch.sigmoid(self.gate(x))
+        return self._forward_stacked(x)
+
+    @torch.jit.unused
+    def _forward_stacked(self, x: Tensor) -> Tensor:
+        """``forward`` in eager mode; subclasses whose gate shares its block's first convolution stack the two."""
         return self.block(x) * torch.sigmoid(self.gate(x))
 
 
@@ -211,15 +218,10 @@ class GatedConvolution(Gated):
         block = Convolution(*args, **kwargs)
         super().__init__(block, gate_for(block.conv, gate_channels))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            return self.block(x) * torch.sigmoid(self.gate(x))
-        return self._forward_stacked(x)
-
     @torch.jit.unused
     def _forward_stacked(self, x: Tensor) -> Tensor:
         if not _stackable([self.block.conv, self.gate]):  # a one-map gate of a grouped convolution
-            return super().forward(x)
+            return self.block(x) * torch.sigmoid(self.gate(x))
         y, gate = conv_together(x, [self.block.conv, self.gate])
         for layer in list(self.block)[1:]:  # the ADN after the convolution, if any
             y = layer(y)
@@ -254,15 +256,10 @@ class GatedResidualUnit(Gated):
         block = ResidualUnit(*args, **kwargs)
         super().__init__(block, gate_for(block.conv.unit0.conv, gate_channels))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            return self.block(x) * torch.sigmoid(self.gate(x))
-        return self._forward_stacked(x)
-
     @torch.jit.unused
     def _forward_stacked(self, x: Tensor) -> Tensor:
         if not _stackable([self.block.conv.unit0.conv, self.gate]):
-            return super().forward(x)
+            return self.block(x) * torch.sigmoid(self.gate(x))
         # MONAI's ResidualUnit.forward, its first convolution, the gate and (strided units) the residual in one call
         unit0, residual = self.block.conv.unit0, self.block.residual
         convs = [unit0.conv, self.gate]
