@@ -161,13 +161,16 @@ class Gated(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript runs the layers one by one
-            return self.block(x) * torch.sigmoid(self.gate(x))
+            return self._composed(x)
         return self._forward_stacked(x)
+
+    def _composed(self, x: Tensor) -> Tensor:
+        return self.block(x) * torch.sigmoid(self.gate(x))
 
     @torch.jit.unused
     def _forward_stacked(self, x: Tensor) -> Tensor:
         """``forward`` in eager mode; subclasses whose gate shares its block's first convolution stack the two."""
-        return self.block(x) * torch.sigmoid(self.gate(x))
+        return self._composed(x)
 
 
 def _local_names(module: nn.Module) -> set[str]:
@@ -221,7 +224,7 @@ class GatedConvolution(Gated):
     @torch.jit.unused
     def _forward_stacked(self, x: Tensor) -> Tensor:
         if not _stackable([self.block.conv, self.gate]):  # a one-map gate of a grouped convolution
-            return self.block(x) * torch.sigmoid(self.gate(x))
+            return self._composed(x)
         y, gate = conv_together(x, [self.block.conv, self.gate])
         for layer in list(self.block)[1:]:  # the ADN after the convolution, if any
             y = layer(y)
@@ -259,7 +262,7 @@ class GatedResidualUnit(Gated):
     @torch.jit.unused
     def _forward_stacked(self, x: Tensor) -> Tensor:
         if not _stackable([self.block.conv.unit0.conv, self.gate]):
-            return self.block(x) * torch.sigmoid(self.gate(x))
+            return self._composed(x)
         # MONAI's ResidualUnit.forward, its first convolution, the gate and (strided units) the residual in one call
         unit0, residual = self.block.conv.unit0, self.block.residual
         convs = [unit0.conv, self.gate]
