@@ -1,8 +1,9 @@
-"""Design screen on the study's validation cases (never its test cases): one seed per variant, Dice with
-nothing missing and averaged over the study's patterns at 25-75 % missing.
+"""Design screen on the study's validation cases (never its test cases): one training per variant and seed,
+Dice with nothing missing and averaged over the study's patterns at 25-75 % missing. A change to the default is
+then checked against the default's own trainings, paired, by ``benchmarks.check_validation``.
 
-Run: ``python -m benchmarks.screen_designs [--output /work/screen] [--epochs 250] [--only NAME ...]``.
-About 70 s per variant on 2 CPU cores at 250 epochs; trainings and scores are reused on a rerun.
+Run: ``python -m benchmarks.screen_designs [--output /work/screen] [--epochs 250] [--only NAME ...] [--seeds 0 1 2]``.
+About 70-140 s per training on 2 CPU cores at 250 epochs; trainings and scores are reused on a rerun.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ VARIANTS["gated_rarely"] = {**VARIANTS["gated_soft"], **CANDIDATES["rarely, all 
 VARIANTS["gated_consistency"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 1.0}}
 # the default trained 1.5x longer: consistency training's wall time, the equal-time control
 VARIANTS["gated_soft_1.5x"] = {**VARIANTS["gated_soft"], "epochs_scale": 1.5}
+# issue 25: lighter gates at the default's hole setting: none in the decoder; a 1x1 gate of the block's output
+VARIANTS["gated_encoder"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
+                             "network_def#gated_decoder": False}
+VARIANTS["gated_output"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
+                            "network_def#gate_from": "output"}
 
 
 def main() -> None:
@@ -42,17 +48,19 @@ def main() -> None:
     p.add_argument("--output", default="outputs/screen")
     p.add_argument("--epochs", type=int, default=250)
     p.add_argument("--only", nargs="+", default=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="training seeds, each trained into OUTPUT/VARIANT/seedN")
     args = p.parse_args()
     out = Path(args.output)
     data, num_classes, validation, _ = study_data(out)
-    print(f"| variant | 0 % | 25-75 % | " + " | ".join(PATTERNS) + " |", flush=True)
-    for name in args.only:
-        run = train(data, out / name, args.epochs, 0, VARIANTS[name])
+    print(f"| variant | seed | 0 % | 25-75 % | " + " | ".join(PATTERNS) + " |", flush=True)
+    for name, seed in ((name, seed) for name in args.only for seed in args.seeds):
+        run = train(data, out / name / f"seed{seed}", args.epochs, seed, VARIANTS[name])
         rows = score_network(run, validation, list(PATTERNS), [0.0, 0.25, 0.5, 0.75], [32, 32, 32], num_classes,
                              "validation")
         mean = lambda sel: float(np.nanmean([r["dice"] for r in rows if sel(r)]))  # noqa: E731
         per = [mean(lambda r, q=q: r["pattern"] == q and r["missing"] > 0) for q in PATTERNS]
-        print(f"| {name} | {mean(lambda r: r['missing'] == 0):.3f} | {mean(lambda r: r['missing'] > 0):.3f} | "
+        print(f"| {name} | {seed} | {mean(lambda r: r['missing'] == 0):.3f} | {mean(lambda r: r['missing'] > 0):.3f} | "
               + " | ".join(f"{v:.3f}" for v in per) + " |", flush=True)
 
 

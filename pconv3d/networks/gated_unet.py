@@ -6,11 +6,12 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import UNet
 
-from pconv3d.blocks.gated import GatedConvolution, GatedResidualUnit
+from pconv3d.blocks.gated import GATE_BIAS, Gated, GatedConvolution, GatedResidualUnit
 from pconv3d.networks.unet import unet_down_layer, unet_up_layer
 
 __all__ = ["GatedUNet"]
@@ -44,8 +45,10 @@ class GatedUNet(UNet):
     # parameters a ``UNet`` of the same arguments does not have: all a trained UNet's weights leave new
     added_parameters = ("gate.weight", "gate.bias")
 
-    def __init__(self, *args: Any, gate_channels: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate_channels: int | None = None, gated_decoder: bool = True,
+                 gate_from: str = "input", **kwargs: Any) -> None:
         self.gate_channels = gate_channels  # read while UNet's constructor builds the blocks
+        self.gated_decoder, self.gate_from = gated_decoder, gate_from
         super().__init__(*args, **kwargs)
 
     def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
@@ -53,10 +56,33 @@ class GatedUNet(UNet):
 
     def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
         # the top block writes the logits: a gate there would only pull them towards 0
-        if is_top:
+        if is_top or not self.gated_decoder:
             return unet_up_layer(self, Convolution, ResidualUnit, in_channels, out_channels, strides, is_top)
         return unet_up_layer(self, *self._gated_blocks(), in_channels, out_channels, strides, is_top)
 
     def _gated_blocks(self) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
+        if self.gate_from == "output":
+            return OutputGated.convolution, OutputGated.residual_unit
         return (functools.partial(GatedConvolution, gate_channels=self.gate_channels),
                 functools.partial(GatedResidualUnit, gate_channels=self.gate_channels))
+
+
+class OutputGated(Gated):
+    """PROTOTYPE: y = block(x); y * sigmoid(1x1 conv(y))."""
+
+    def __init__(self, block: nn.Module, channels: int, dims: int) -> None:
+        gate = [nn.Conv1d, nn.Conv2d, nn.Conv3d][dims - 1](channels, channels, 1)
+        nn.init.constant_(gate.bias, GATE_BIAS)
+        super().__init__(block, gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return y * torch.sigmoid(self.gate(y))
+
+    @classmethod
+    def convolution(cls, spatial_dims: int, in_channels: int, out_channels: int, **kwargs: Any) -> "OutputGated":
+        return cls(Convolution(spatial_dims, in_channels, out_channels, **kwargs), out_channels, spatial_dims)
+
+    @classmethod
+    def residual_unit(cls, spatial_dims: int, in_channels: int, out_channels: int, **kwargs: Any) -> "OutputGated":
+        return cls(ResidualUnit(spatial_dims, in_channels, out_channels, **kwargs), out_channels, spatial_dims)
