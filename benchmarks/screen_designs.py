@@ -41,6 +41,12 @@ VARIANTS["gated_encoder"] = {**METHODS["gated"].overrides, **CANDIDATES["often, 
                              "network_def#gated_decoder": False}
 VARIANTS["gated_output"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
                             "network_def#gate_from": "output"}
+VARIANTS["gated_no_up_gates"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
+                                 "network_def#gate_up_conv": False}
+VARIANTS["gated_output_but_first"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
+                                      "network_def#gate_from": "output_but_first"}
+VARIANTS["gated_separable"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
+                               "network_def#gate_from": "separable"}
 
 
 def main() -> None:
