@@ -36,17 +36,6 @@ VARIANTS["gated_rarely"] = {**VARIANTS["gated_soft"], **CANDIDATES["rarely, all 
 VARIANTS["gated_consistency"] = {**VARIANTS["gated_soft"], "consistency": {"weight": 1.0}}
 # the default trained 1.5x longer: consistency training's wall time, the equal-time control
 VARIANTS["gated_soft_1.5x"] = {**VARIANTS["gated_soft"], "epochs_scale": 1.5}
-# issue 25: lighter gates at the default's hole setting: none in the decoder; a 1x1 gate of the block's output
-VARIANTS["gated_encoder"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
-                             "network_def#gated_decoder": False}
-VARIANTS["gated_output"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
-                            "network_def#gate_from": "output"}
-VARIANTS["gated_no_up_gates"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
-                                 "network_def#gate_up_conv": False}
-VARIANTS["gated_output_but_first"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
-                                      "network_def#gate_from": "output_but_first"}
-VARIANTS["gated_separable"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
-                               "network_def#gate_from": "separable"}
 
 
 def main() -> None:
