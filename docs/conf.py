@@ -45,6 +45,7 @@ exclude_patterns = [
     "execute_notebooks.py",
     "study/summary.md",  # included by study.md
     "study/issue24/summary.md",  # included by study.md
+    "study/issue24/summary_equal_time.md",  # included by study.md
 ]
 templates_path = ["_templates"]
 
