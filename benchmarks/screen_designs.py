@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.study import CANDIDATES, GATED, METHODS, PARTIAL, PATTERNS, UNET, method, score_network, study_data, train
+from benchmarks.study import (CANDIDATES, FRACTIONS, GATED, METHODS, PARTIAL, PATTERNS, UNET, method, score_network,
+                              study_data, train)
 
 # name -> training-config overrides; every variant spells out its input recipe (see benchmarks.study.METHODS)
 VARIANTS: dict[str, dict] = {
@@ -51,7 +52,7 @@ def main() -> None:
     print(f"| variant | seed | 0 % | 25-75 % | " + " | ".join(PATTERNS) + " |", flush=True)
     for name, seed in ((name, seed) for name in args.only for seed in args.seeds):
         run = train(data, out / name / f"seed{seed}", args.epochs, seed, VARIANTS[name])
-        rows = score_network(run, validation, list(PATTERNS), [0.0, 0.25, 0.5, 0.75], [32, 32, 32], num_classes,
+        rows = score_network(run, validation, list(PATTERNS), list(FRACTIONS), [32, 32, 32], num_classes,
                              "validation")
         mean = lambda sel: float(np.nanmean([r["dice"] for r in rows if sel(r)]))  # noqa: E731
         per = [mean(lambda r, q=q: r["pattern"] == q and r["missing"] > 0) for q in PATTERNS]
