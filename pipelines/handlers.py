@@ -351,12 +351,29 @@ def init_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     ``state_dict`` (a MONAI model-zoo ``models/model.pt``, a MONAI ``UNet``/``DynUNet``/``BasicUNet``'s) or a
     pconv3d checkpoint. The partial networks have their MONAI twin's keys, so its weights load strictly; only
     parameters a network adds to its twin (``added_parameters``, e.g. ``GatedUNet``'s gates) may be absent
-    and keep their initial values. A clear error names the keys or shapes that do not match."""
-    state = load_checkpoint(path)["network"]
+    and keep their initial values. A network with one input channel more than the checkpoint's (the mask
+    channel that the recipes with ``mask_as_channel`` add last) gets zero weights on it, so it starts out
+    computing what the checkpoint's network computed. A clear error names the keys or shapes that do not match."""
+    state = _widened_inputs(network, load_checkpoint(path)["network"])
     added = tuple(getattr(network, "added_parameters", ()))
     check_architecture(network, state, path, may_miss=added)
     network.load_state_dict(state, strict=not added)
     return network
+
+
+def _widened_inputs(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with each weight that reads ``network``'s input (second dimension ``network.in_channels``) and
+    reads one channel fewer in ``state`` (the mask channel), its shape otherwise the same, padded with zeros for
+    that last channel. Any other difference is left for :func:`check_architecture` to name."""
+    width = getattr(network, "in_channels", None)
+    own = network.state_dict()
+    state = dict(state)
+    for k, v in state.items():
+        w = own.get(k)
+        if (w is not None and w.dim() > 2 and v.dim() == w.dim() and w.shape[1] == width and v.shape[1] == width - 1
+                and w.shape[0] == v.shape[0] and w.shape[2:] == v.shape[2:]):
+            state[k] = torch.cat([v, v.new_zeros(v.shape[0], 1, *v.shape[2:])], dim=1)
+    return state
 
 
 def network_from_checkpoint(path: str | os.PathLike) -> torch.nn.Module:

@@ -51,6 +51,22 @@ def test_a_unet_starts_a_gated_unet_whose_gates_are_new(tmp_path):
     assert all(torch.equal(net.state_dict()[k], v) for k, v in gates.items())
 
 
+def test_a_mask_channel_starts_at_zero_so_the_network_computes_the_checkpoints(tmp_path):
+    kwargs = dict(spatial_dims=3, out_channels=3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    torch.manual_seed(1)
+    trained = UNet(in_channels=1, **kwargs).eval()
+    torch.save(trained.state_dict(), tmp_path / "unet.pt")
+    net = init_network(UNet(in_channels=2, **kwargs), tmp_path / "unet.pt").eval()  # the recipe's mask channel last
+    image = torch.randn(2, 1, 16, 16, 16)
+    mask = torch.rand(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(torch.cat([image, mask], 1)), trained(image))
+    gated = init_network(GatedUNet(in_channels=2, **kwargs), tmp_path / "unet.pt").state_dict()
+    for k, v in trained.state_dict().items():  # the image channel's weights as trained, the mask channel's zero
+        assert torch.equal(gated[k][:, :1] if v.shape != gated[k].shape else gated[k], v)
+        assert v.shape == gated[k].shape or not gated[k][:, 1:].any()
+
+
 def test_keys_and_shapes_that_do_not_match_are_named(tmp_path):
     kwargs = ZOO["spleen"][2]
     torch.save(UNet(**kwargs).state_dict(), tmp_path / "model.pt")
@@ -58,6 +74,9 @@ def test_keys_and_shapes_that_do_not_match_are_named(tmp_path):
         init_network(PartialUNet(**{**kwargs, "channels": (8, 32, 64, 128, 256)}), tmp_path / "model.pt")
     with pytest.raises(ValueError, match=r"model.pt holds weights of another architecture than PartialUNet.*unexpected"):
         init_network(PartialUNet(**{**kwargs, "num_res_units": 1}), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"shapes differ \(model.0.conv.unit0.conv.weight: \(16, 1, 3, 3, 3\) vs "
+                                         r"\(16, 3, 3, 3, 3\)"):  # one channel more is a mask; two are not
+        init_network(PartialUNet(**{**kwargs, "in_channels": 3}), tmp_path / "model.pt")
 
 
 def test_train_init_from_a_monai_unet_fine_tunes_it(dataset, tmp_path, capsys):
@@ -72,6 +91,11 @@ def test_train_init_from_a_monai_unet_fine_tunes_it(dataset, tmp_path, capsys):
     unet = torch.load(tmp_path / "unet.pt", weights_only=True)
     best = load_checkpoint(out / "best.pt")["network"]
     assert all(torch.equal(best[k], v) for k, v in unet.items())  # learning rate 0: the weights it started from
+    code, err = cli(capsys, "train", "--data", dataset, "--output", tmp_path / "gated", "--epochs", "1", *TINY,
+                    "--init-from", tmp_path / "unet.pt", "--learning_rate", "0.0")  # the default recipe: a mask channel
+    assert code == 0, err
+    best = load_checkpoint(tmp_path / "gated" / "best.pt")["network"]
+    assert all(torch.equal(best[k][:, :1] if best[k].shape != v.shape else best[k], v) for k, v in unet.items())
     code, err = cli(capsys, "train", "--data", dataset, "--output", tmp_path / "other", "--epochs", "1", *TINY,
                     "--init-from", tmp_path / "missing.pt")
     assert code == 2 and "missing.pt" in err and not (tmp_path / "other").exists()
