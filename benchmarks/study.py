@@ -106,6 +106,12 @@ METHODS["gated_long"] = Method("GatedUNet, 1.5x epochs", {**METHODS["gated"].ove
 METHODS["unet_interp_noholes_long"] = Method("UNet, interpolated, complete volumes, 1.45x epochs (the default's time)",
                                              {**METHODS["unet_interp_noholes"].overrides, "epochs_scale": 1.45},
                                              True, ("none",))
+# the default started from the complete-volume UNet of the same seed (--init-from, the mask channel's weights at
+# 0) and fine-tuned with holes: distillation by initialisation, meant to keep the UNet's accuracy on complete
+# volumes; its fine-tuning length is chosen on validation cases (benchmarks/screen_designs.py)
+METHODS["gated_from_unet"] = Method("GatedUNet started from the complete-volume UNet, fine-tuned",
+                                    {**METHODS["gated"].overrides, "init_from_method": "unet_interp_noholes",
+                                     "epochs_scale": 0.3}, candidates=("often, all axes",))
 # issue 25: the default with one gate map per block instead of a gate per channel (a fraction of the gates' cost)
 METHODS["gated_light"] = Method("GatedUNet, one gate map per block",
                                 {**METHODS["gated"].overrides, "network_def#gate_channels": 1},
@@ -218,10 +224,17 @@ def _case_inputs(files: tuple[tuple[str, int], ...], pattern: str, fraction: flo
 
 def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, Any]) -> Path:
     """Train into ``run`` unless a complete training is there; an interrupted one continues. ``overrides`` may
-    scale the epochs (``epochs_scale``: an equal-time control trains a method longer). The training's wall time,
-    the whole workflow as ``pconv3d train`` runs it, is added up in ``run/wall.json``."""
+    scale the epochs (``epochs_scale``: an equal-time control trains a method longer) and start from another
+    method's training of the same seed (``init_from_method``: its ``final/METHOD/seedN/best.pt`` in the study's
+    output, ``--init-from``). The training's wall time, the whole workflow as ``pconv3d train`` runs it, is
+    added up in ``run/wall.json``."""
     overrides = dict(overrides)
     epochs = round(epochs * overrides.pop("epochs_scale", 1))
+    if "init_from_method" in overrides:
+        source = data.parent / "final" / overrides.pop("init_from_method") / f"seed{seed}" / BEST
+        if not source.is_file():
+            raise FileNotFoundError(f"{run} starts from {source}, which is not trained yet")
+        overrides["init_from"] = str(source)
     state = training_state(run, epochs)
     if state != "complete":
         resume = state == "interrupted"

@@ -114,3 +114,15 @@ def test_routed_takes_each_volume_from_one_network():
     out = routed(rows("plain", 0.8, reach), rows("gated", 0.6, reach), threshold=2)
     assert [(r["case"], r["dice"]) for r in out] == [(0, 0.8), (0, 0.8), (1, 0.6), (1, 0.6)]
     assert {r["method"] for r in out} == {"routed"} and {r["wall_s"] for r in out} == {20.0}
+
+
+def test_a_method_started_from_another_needs_its_training_of_the_same_seed(tmp_path):
+    import pytest
+
+    from benchmarks.study import METHODS, train
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"final/unet_interp_noholes/seed2/best.pt, which is not trained yet"):
+        train(tmp_path / "data", tmp_path / "final" / "gated_from_unet" / "seed2", 1, 2,
+              METHODS["gated_from_unet"].overrides)
+    assert not (tmp_path / "final" / "gated_from_unet").exists()
