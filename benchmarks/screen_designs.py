@@ -38,8 +38,9 @@ VARIANTS["gated_consistency"] = {**VARIANTS["gated_soft"], "consistency": {"weig
 # the default trained 1.5x longer: consistency training's wall time, the equal-time control
 VARIANTS["gated_soft_1.5x"] = {**VARIANTS["gated_soft"], "epochs_scale": 1.5}
 
-# the default started from the study's complete-volume UNet of the same seed and fine-tuned with holes, for 0.3x
-# the epochs (the two trainings together take about the default's time) or 0.5x
+# the default started from the complete-volume UNet of the same seed (OUTPUT/unet_interp_noholes/seedN, trained
+# first) and fine-tuned with holes, for 0.3x the epochs (the two trainings together take about the default's
+# time) or 0.5x
 VARIANTS["gated_from_unet_0.3x"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"],
                                     "init_from_method": "unet_interp_noholes", "epochs_scale": 0.3}
 VARIANTS["gated_from_unet_0.5x"] = {**VARIANTS["gated_from_unet_0.3x"], "epochs_scale": 0.5}

@@ -109,7 +109,7 @@ METHODS["unet_interp_noholes_long"] = Method("UNet, interpolated, complete volum
 # the default started from the complete-volume UNet of the same seed (--init-from, the mask channel's weights at
 # 0) and fine-tuned with holes: distillation by initialisation, meant to keep the UNet's accuracy on complete
 # volumes; its fine-tuning length, 0.5x the epochs, was chosen over 0.3x on validation cases
-# (benchmarks/screen_designs.py, 3 seeds). Its wall time is the fine-tuning's alone: the UNet's is to be added.
+# (benchmarks/screen_designs.py, 3 seeds). Its wall time is both trainings' (_rows).
 METHODS["gated_from_unet"] = Method("GatedUNet started from the complete-volume UNet, fine-tuned 0.5x",
                                     {**METHODS["gated"].overrides, "init_from_method": "unet_interp_noholes",
                                      "epochs_scale": 0.5}, candidates=("often, all axes",))
@@ -226,13 +226,13 @@ def _case_inputs(files: tuple[tuple[str, int], ...], pattern: str, fraction: flo
 def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, Any]) -> Path:
     """Train into ``run`` unless a complete training is there; an interrupted one continues. ``overrides`` may
     scale the epochs (``epochs_scale``: an equal-time control trains a method longer) and start from another
-    method's training of the same seed (``init_from_method``: its ``final/METHOD/seedN/best.pt`` in the study's
-    output, ``--init-from``). The training's wall time, the whole workflow as ``pconv3d train`` runs it, is
-    added up in ``run/wall.json``."""
+    method's training of the same seed and stage (``init_from_method``: ``run``'s stage folder (``final``,
+    ``budget4x``, a screen's output) ``/METHOD/seedN/best.pt``, as ``--init-from``). The training's wall time,
+    the whole workflow as ``pconv3d train`` runs it, is added up in ``run/wall.json``."""
     overrides = dict(overrides)
     epochs = round(epochs * overrides.pop("epochs_scale", 1))
     if "init_from_method" in overrides:
-        source = data.parent / "final" / overrides.pop("init_from_method") / f"seed{seed}" / BEST
+        source = run.parents[1] / overrides.pop("init_from_method") / f"seed{seed}" / BEST
         if not source.is_file():
             raise FileNotFoundError(f"{run} starts from {source}, which is not trained yet")
         overrides["init_from"] = str(source)
@@ -360,9 +360,13 @@ def routed(plain: list[dict[str, Any]], gated: list[dict[str, Any]], threshold: 
 
 
 def _rows(method: str, seed: int, run: Path, scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The study's rows of one training: its method, seed, epochs and wall time, then each score."""
-    return [{"method": method, "seed": seed, "epochs": completed_epochs(run), "wall_s": round(training_seconds(run), 1),
-             **r} for r in scores]
+    """The study's rows of one training: its method, seed, epochs and wall time, then each score. A method that
+    starts from another's training pays for both: their wall times are added."""
+    wall = training_seconds(run)
+    if "init_from_method" in METHODS[method].overrides:
+        wall += training_seconds(run.parents[1] / METHODS[method].overrides["init_from_method"] / f"seed{seed}")
+    return [{"method": method, "seed": seed, "epochs": completed_epochs(run), "wall_s": round(wall, 1), **r}
+            for r in scores]
 
 
 def _grid(rows: list[dict[str, Any]], method: str, key: str, patterns: Sequence[str], fractions: Sequence[float]) -> np.ndarray:

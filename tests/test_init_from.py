@@ -91,8 +91,12 @@ def test_train_init_from_a_monai_unet_fine_tunes_it(dataset, tmp_path, capsys):
     unet = torch.load(tmp_path / "unet.pt", weights_only=True)
     best = load_checkpoint(out / "best.pt")["network"]
     assert all(torch.equal(best[k], v) for k, v in unet.items())  # learning rate 0: the weights it started from
+    # the plain recipe's run starts the default recipe's, which adds a mask channel (docs/guides/choosing-a-method.md)
+    code, err = cli(capsys, "train", "--data", dataset, "--output", tmp_path / "plain", "--epochs", "1", *TINY,
+                    "--recipe", "plain", "--init-from", tmp_path / "unet.pt", "--learning_rate", "0.0")
+    assert code == 0, err
     code, err = cli(capsys, "train", "--data", dataset, "--output", tmp_path / "gated", "--epochs", "1", *TINY,
-                    "--init-from", tmp_path / "unet.pt", "--learning_rate", "0.0")  # the default recipe: a mask channel
+                    "--init-from", tmp_path / "plain" / "best.pt", "--learning_rate", "0.0")
     assert code == 0, err
     best = load_checkpoint(tmp_path / "gated" / "best.pt")["network"]
     assert all(torch.equal(best[k][:, :1] if best[k].shape != v.shape else best[k], v) for k, v in unet.items())
