@@ -442,14 +442,16 @@ def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any
         for m in larger:
             lines.append(f"| {_method(m).name} | {_mean_dice([r for r in rows if r['method'] == m]):.3f} | "
                          f"{_mean_dice([r for r in budget_rows if r['method'] == m]):.3f} |")
-        if len(larger) >= 2:
-            a, b = larger[:2]
+        baselines = [m for m in larger if _method(m).baseline]
+        for a in (m for m in larger if baselines and not _method(m).baseline):  # each design against the baseline
+            b = baselines[0]
             lines += [""] + [f"{_method(a).name} minus {_method(b).name} at the larger budget, paired: " + ", ".join(
                 f"{name} {paired_difference(_grid(budget_rows, a, key, ps, fs), _grid(budget_rows, b, key, ps, fs))}"
                 for name, key, ps, fs in (("nothing missing", "dice", selected[:1], [0.0]),
                                           ("25-75 %", "dice", selected, missing),
                                           ("25-75 %, missing voxels", "dice_missing", selected, missing),
-                                          ("held out", "dice", held_out, missing)) if ps and fs) + "."]
+                                          ("held out", "dice", held_out, missing),
+                                          *((_label(p), "dice", [p], missing) for p in patterns)) if ps and fs) + "."]
             lines += [f"{_method(a).name} minus {_method(b).name}, paired, all rows: "
                       f"{paired_difference(_grid(rows, a, 'dice', patterns, fractions), _grid(rows, b, 'dice', patterns, fractions))}"
                       " at 1x, "

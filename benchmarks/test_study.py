@@ -55,6 +55,9 @@ def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
     assert any(np.isfinite(r["dice_missing"]) for r in rows if r["missing"] == 0.5)
     summary = (out / "summary.md").read_text()
     assert "Paired difference to the best baseline (UNet, interpolated" in summary and "A larger budget" in summary
+    # each design of the larger budget against its baseline, pattern by pattern too
+    assert ("GatedUNet, interpolated + confidence channel minus UNet, interpolated, trained on complete volumes at "
+            "the larger budget, paired: nothing missing") in summary and ", regions " in summary
     assert "by pattern" in summary and "UNet, interpolated, trained on complete volumes: none" in summary
     # the per-row check names the one method that is not an interpolation baseline, over 2 rows with holes + 0 %
     assert "| GatedUNet, interpolated + confidence channel | " in summary.split("best interpolation baseline of each row")[1]
