@@ -346,15 +346,18 @@ def _load_weights(network: torch.nn.Module, checkpoint: dict, path: str | os.Pat
     return network.eval()
 
 
-def init_network(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+def init_network(network: torch.nn.Module, path: str | os.PathLike, mask_channel: bool = False) -> torch.nn.Module:
     """``network`` with the weights of ``path`` to start training from (``--init-from``): a plain
     ``state_dict`` (a MONAI model-zoo ``models/model.pt``, a MONAI ``UNet``/``DynUNet``/``BasicUNet``'s) or a
     pconv3d checkpoint. The partial networks have their MONAI twin's keys, so its weights load strictly; only
     parameters a network adds to its twin (``added_parameters``, e.g. ``GatedUNet``'s gates) may be absent
-    and keep their initial values. A network with one input channel more than the checkpoint's (the mask
-    channel that the recipes with ``mask_as_channel`` add last) gets zero weights on it, so it starts out
-    computing what the checkpoint's network computed. A clear error names the keys or shapes that do not match."""
-    state = _widened_inputs(network, load_checkpoint(path)["network"])
+    and keep their initial values. With ``mask_channel`` (the input recipe gives the mask as the last input
+    channel, ``mask_as_channel``), a checkpoint of a network with one input channel fewer loads too: the mask
+    channel's weights start at zero, so the network starts out computing what the checkpoint's network
+    computed. A clear error names the keys or shapes that do not match."""
+    state = load_checkpoint(path)["network"]
+    if mask_channel:
+        state = _widened_inputs(network, state)
     added = tuple(getattr(network, "added_parameters", ()))
     check_architecture(network, state, path, may_miss=added)
     network.load_state_dict(state, strict=not added)

@@ -56,12 +56,12 @@ def test_a_mask_channel_starts_at_zero_so_the_network_computes_the_checkpoints(t
     torch.manual_seed(1)
     trained = UNet(in_channels=1, **kwargs).eval()
     torch.save(trained.state_dict(), tmp_path / "unet.pt")
-    net = init_network(UNet(in_channels=2, **kwargs), tmp_path / "unet.pt").eval()  # the recipe's mask channel last
+    net = init_network(UNet(in_channels=2, **kwargs), tmp_path / "unet.pt", mask_channel=True).eval()
     image = torch.randn(2, 1, 16, 16, 16)
     mask = torch.rand(2, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(net(torch.cat([image, mask], 1)), trained(image))
-    gated = init_network(GatedUNet(in_channels=2, **kwargs), tmp_path / "unet.pt").state_dict()
+    gated = init_network(GatedUNet(in_channels=2, **kwargs), tmp_path / "unet.pt", mask_channel=True).state_dict()
     for k, v in trained.state_dict().items():  # the image channel's weights as trained, the mask channel's zero
         assert torch.equal(gated[k][:, :1] if v.shape != gated[k].shape else gated[k], v)
         assert v.shape == gated[k].shape or not gated[k][:, 1:].any()
@@ -74,9 +74,10 @@ def test_keys_and_shapes_that_do_not_match_are_named(tmp_path):
         init_network(PartialUNet(**{**kwargs, "channels": (8, 32, 64, 128, 256)}), tmp_path / "model.pt")
     with pytest.raises(ValueError, match=r"model.pt holds weights of another architecture than PartialUNet.*unexpected"):
         init_network(PartialUNet(**{**kwargs, "num_res_units": 1}), tmp_path / "model.pt")
-    with pytest.raises(ValueError, match=r"shapes differ \(model.0.conv.unit0.conv.weight: \(16, 1, 3, 3, 3\) vs "
-                                         r"\(16, 3, 3, 3, 3\)"):  # one channel more is a mask; two are not
-        init_network(PartialUNet(**{**kwargs, "in_channels": 3}), tmp_path / "model.pt")
+    for channels, mask_channel in ((2, False), (3, True)):  # one channel more is the recipe's mask; no other
+        with pytest.raises(ValueError, match=rf"shapes differ \(model.0.conv.unit0.conv.weight: \(16, 1, 3, 3, 3\) "
+                                             rf"vs \(16, {channels}, 3, 3, 3\)"):
+            init_network(PartialUNet(**{**kwargs, "in_channels": channels}), tmp_path / "model.pt", mask_channel)
 
 
 def test_train_init_from_a_monai_unet_fine_tunes_it(dataset, tmp_path, capsys):
