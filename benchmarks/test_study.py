@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks.study import ALL_PATTERNS, hole_transforms, run_study
@@ -120,8 +121,6 @@ def test_routed_takes_each_volume_from_one_network():
 
 
 def test_a_method_started_from_another_needs_its_training_of_the_same_seed(tmp_path):
-    import pytest
-
     from benchmarks.study import METHODS, train
 
     (tmp_path / "data").mkdir()
@@ -129,3 +128,29 @@ def test_a_method_started_from_another_needs_its_training_of_the_same_seed(tmp_p
         train(tmp_path / "data", tmp_path / "final" / "gated_from_unet" / "seed2", 1, 2,
               METHODS["gated_from_unet"].overrides)
     assert not (tmp_path / "final" / "gated_from_unet").exists()
+
+
+def test_compare_results_pairs_two_methods_of_a_results_table(tmp_path):
+    import csv
+
+    from benchmarks.compare_results import compare, read_rows
+    from benchmarks.study import ALL_PATTERNS, FRACTIONS
+
+    rng = np.random.default_rng(0)
+    fields = ["method", "seed", "epochs", "case", "pattern", "missing", "class", "dice", "dice_missing"]
+    with (tmp_path / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        for case, seed, pattern, missing, cls in np.ndindex(3, 2, len(ALL_PATTERNS), len(FRACTIONS), 2):
+            base = rng.uniform(0.5, 0.9)  # the same voxels and holes for both: a shift of 0.01 + 0.01 per case
+            row = dict(seed=seed, case=f"c{case}", pattern=list(ALL_PATTERNS)[pattern], missing=FRACTIONS[missing],
+                       **{"class": cls})
+            w.writerow({**row, "method": "b", "epochs": 250, "dice": base, "dice_missing": base})
+            w.writerow({**row, "method": "b", "epochs": 1000, "dice": 0.0, "dice_missing": 0.0})
+            w.writerow({**row, "method": "a", "epochs": 250, "dice": base + 0.01 * (case + 1),
+                        "dice_missing": base + 0.01 * (case + 1)})
+    got = compare(read_rows(tmp_path / "results.csv", "a:250"), read_rows(tmp_path / "results.csv", "b:250"))
+    assert {round(d.mean, 6) for d in got.values()} == {0.02} and all(d.n == 3 for d in got.values())
+    assert "held out" in got and "slices + boxes" in got
+    with pytest.raises(SystemExit, match="no rows of method 'a' with epochs '1000'"):
+        read_rows(tmp_path / "results.csv", "a:1000")

@@ -1,0 +1,56 @@
+"""Two methods of a finished study compared on its test table: the paired difference (same case, seed and holes;
+t-interval over cases) with nothing missing, over 25-75 % missing, on the missing voxels, on the held-out
+patterns and pattern by pattern. For reporting a result, never for choosing: choices are made on validation
+cases (``benchmarks.check_validation``).
+
+Run: ``python -m benchmarks.compare_results docs/study/issue24/results.csv --a gated_from_unet:500 --b gated:1000``
+(``METHOD:EPOCHS``, as the study's ``results.csv`` records them: a method trained at two budgets has two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+from typing import Any
+
+from benchmarks.paired import PairedDifference, paired_difference
+from benchmarks.study import FRACTIONS, HELD_OUT, PATTERNS, _grid
+
+
+def read_rows(path: Path, spec: str) -> list[dict[str, Any]]:
+    """The rows of ``METHOD:EPOCHS`` in a study's ``results.csv``, typed as the study wrote them."""
+    method, _, epochs = spec.partition(":")
+    rows = [{**r, "seed": int(r["seed"]), "missing": float(r["missing"]), "dice": float(r["dice"]),
+             "dice_missing": float(r["dice_missing"])}
+            for r in csv.DictReader(path.open()) if r["method"] == method and r["epochs"] == epochs]
+    if not rows:
+        raise SystemExit(f"{path}: no rows of method {method!r} with epochs {epochs!r} (expected METHOD:EPOCHS)")
+    return rows
+
+
+def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, PairedDifference]:
+    """``a - b``, paired, by the study's summaries: nothing missing, 25-75 %, missing voxels, held out, each pattern."""
+    rows = [{**r, "method": "a"} for r in a] + [{**r, "method": "b"} for r in b]
+    missing = [f for f in FRACTIONS if f > 0]
+    parts = {"nothing missing": ("dice", list(PATTERNS)[:1], [0.0]), "25-75 %": ("dice", list(PATTERNS), missing),
+             "25-75 %, missing voxels": ("dice_missing", list(PATTERNS), missing),
+             "held out": ("dice", list(HELD_OUT), missing),
+             **{p: ("dice", [p], missing) for p in [*PATTERNS, *HELD_OUT]}}
+    return {name: paired_difference(_grid(rows, "a", key, ps, fs), _grid(rows, "b", key, ps, fs))
+            for name, (key, ps, fs) in parts.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, help="a study's results.csv")
+    p.add_argument("--a", required=True, metavar="METHOD:EPOCHS")
+    p.add_argument("--b", required=True, metavar="METHOD:EPOCHS")
+    args = p.parse_args()
+    print(f"| {args.a} minus {args.b}, paired | mean [95 % interval] |\n|---|---|")
+    for name, diff in compare(read_rows(args.results, args.a), read_rows(args.results, args.b)).items():
+        print(f"| {name} | {diff} |")
+
+
+if __name__ == "__main__":
+    main()
