@@ -14,8 +14,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paired import PairedDifference, paired_difference
-from benchmarks.study import FRACTIONS, HELD_OUT, PATTERNS, _grid
+from benchmarks.paired import PairedDifference
+from benchmarks.study import ALL_PATTERNS, FRACTIONS, paired_summaries
 
 
 def read_rows(path: Path, spec: str) -> list[dict[str, Any]]:
@@ -30,15 +30,9 @@ def read_rows(path: Path, spec: str) -> list[dict[str, Any]]:
 
 
 def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, PairedDifference]:
-    """``a - b``, paired, by the study's summaries: nothing missing, 25-75 %, missing voxels, held out, each pattern."""
+    """``a - b``, paired, by the study's summaries (:func:`benchmarks.study.paired_summaries`) over all its patterns."""
     rows = [{**r, "method": "a"} for r in a] + [{**r, "method": "b"} for r in b]
-    missing = [f for f in FRACTIONS if f > 0]
-    parts = {"nothing missing": ("dice", list(PATTERNS)[:1], [0.0]), "25-75 %": ("dice", list(PATTERNS), missing),
-             "25-75 %, missing voxels": ("dice_missing", list(PATTERNS), missing),
-             "held out": ("dice", list(HELD_OUT), missing),
-             **{p: ("dice", [p], missing) for p in [*PATTERNS, *HELD_OUT]}}
-    return {name: paired_difference(_grid(rows, "a", key, ps, fs), _grid(rows, "b", key, ps, fs))
-            for name, (key, ps, fs) in parts.items()}
+    return paired_summaries(rows, "a", "b", list(ALL_PATTERNS), [f for f in FRACTIONS if f > 0])
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from benchmarks.paired import paired_difference
+from benchmarks.paired import PairedDifference, paired_difference
 from pconv3d.data import make_dataset
 from pconv3d.io.datalist import DATASET_JSON, generated_dataset_settings, load_datalist
 from pconv3d.io.sitk import atomic_write
@@ -231,11 +231,11 @@ def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, An
     the whole workflow as ``pconv3d train`` runs it, is added up in ``run/wall.json``."""
     overrides = dict(overrides)
     epochs = round(epochs * overrides.pop("epochs_scale", 1))
-    if "init_from_method" in overrides:
-        source = run.parents[1] / overrides.pop("init_from_method") / f"seed{seed}" / BEST
-        if not source.is_file():
-            raise FileNotFoundError(f"{run} starts from {source}, which is not trained yet")
-        overrides["init_from"] = str(source)
+    source = started_from(run, seed, overrides.pop("init_from_method", None))
+    if source is not None:
+        if not (source / BEST).is_file():
+            raise FileNotFoundError(f"{run} starts from {source / BEST}, which is not trained yet")
+        overrides["init_from"] = str(source / BEST)
     state = training_state(run, epochs)
     if state != "complete":
         resume = state == "interrupted"
@@ -245,6 +245,12 @@ def train(data: Path, run: Path, epochs: int, seed: int, overrides: dict[str, An
         before = training_seconds(run) if resume else 0.0
         (run / WALL).write_text(json.dumps({"seconds": before + time.perf_counter() - start}))
     return run
+
+
+def started_from(run: Path, seed: int, method: str | None) -> Path | None:
+    """The training that ``run`` starts from when its method has ``init_from_method``: ``method``'s training of
+    the same seed in ``run``'s stage folder (``final``, ``budget4x``, a screen's output); ``None`` without one."""
+    return None if method is None else run.parents[1] / method / f"seed{seed}"
 
 
 def training_seconds(run: Path) -> float:
@@ -363,8 +369,9 @@ def _rows(method: str, seed: int, run: Path, scores: list[dict[str, Any]]) -> li
     """The study's rows of one training: its method, seed, epochs and wall time, then each score. A method that
     starts from another's training pays for both: their wall times are added."""
     wall = training_seconds(run)
-    if "init_from_method" in METHODS[method].overrides:
-        wall += training_seconds(run.parents[1] / METHODS[method].overrides["init_from_method"] / f"seed{seed}")
+    source = started_from(run, seed, METHODS[method].overrides.get("init_from_method"))
+    if source is not None:
+        wall += training_seconds(source)
     return [{"method": method, "seed": seed, "epochs": completed_epochs(run), "wall_s": round(wall, 1), **r}
             for r in scores]
 
@@ -389,7 +396,7 @@ def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any
     held-out patterns."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     patterns = list(dict.fromkeys(r["pattern"] for r in rows))
-    selected, held_out = [p for p in patterns if p not in HELD_OUT], [p for p in patterns if p in HELD_OUT]
+    selected, held_out = _selected_and_held_out(patterns)
     fractions = sorted({r["missing"] for r in rows})
     lines = ["Settings chosen on validation cases: " + "; ".join(f"{_method(m).name}: {chosen[m]}" for m in methods), ""]
     for key, title in (("dice", "all voxels"), ("dice_missing", "missing voxels")):
@@ -446,12 +453,8 @@ def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any
         for a in (m for m in larger if baselines and not _method(m).baseline):  # each design against the baseline
             b = baselines[0]
             lines += [""] + [f"{_method(a).name} minus {_method(b).name} at the larger budget, paired: " + ", ".join(
-                f"{name} {paired_difference(_grid(budget_rows, a, key, ps, fs), _grid(budget_rows, b, key, ps, fs))}"
-                for name, key, ps, fs in (("nothing missing", "dice", selected[:1], [0.0]),
-                                          ("25-75 %", "dice", selected, missing),
-                                          ("25-75 %, missing voxels", "dice_missing", selected, missing),
-                                          ("held out", "dice", held_out, missing),
-                                          *((_label(p), "dice", [p], missing) for p in patterns)) if ps and fs) + "."]
+                f"{_label(name)} {diff}" for name, diff in paired_summaries(budget_rows, a, b, patterns, missing).items())
+                + "."]
             lines += [f"{_method(a).name} minus {_method(b).name}, paired, all rows: "
                       f"{paired_difference(_grid(rows, a, 'dice', patterns, fractions), _grid(rows, b, 'dice', patterns, fractions))}"
                       " at 1x, "
@@ -459,6 +462,24 @@ def summary_markdown(rows: list[dict[str, Any]], budget_rows: list[dict[str, Any
                       " at the larger budget."]
         lines += _row_check(budget_rows, larger, selected, fractions, " at the larger budget")
     return "\n".join(lines) + "\n"
+
+
+def paired_summaries(rows: list[dict[str, Any]], a: str, b: str, patterns: Sequence[str],
+                     missing: Sequence[float]) -> dict[str, PairedDifference]:
+    """``a - b`` in ``rows``, paired (same case, seed and holes): with nothing missing, over ``missing``
+    fractions of the selected patterns (all voxels and missing voxels), over the held-out ones, and per pattern;
+    a summary is left out when it has no patterns or fractions."""
+    selected, held_out = _selected_and_held_out(patterns)
+    parts = [("nothing missing", "dice", selected[:1], [0.0]), ("25-75 %", "dice", selected, missing),
+             ("25-75 %, missing voxels", "dice_missing", selected, missing), ("held out", "dice", held_out, missing),
+             *((p, "dice", [p], missing) for p in patterns)]
+    return {name: paired_difference(_grid(rows, a, key, ps, fs), _grid(rows, b, key, ps, fs))
+            for name, key, ps, fs in parts if ps and fs}
+
+
+def _selected_and_held_out(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``patterns`` split into those settings are chosen on and the held-out ones, each in the given order."""
+    return [p for p in patterns if p not in HELD_OUT], [p for p in patterns if p in HELD_OUT]
 
 
 def _method(slug: str) -> Method:
