@@ -41,7 +41,7 @@ from benchmarks.paired import PairedDifference, paired_difference
 from pconv3d.data import make_dataset
 from pconv3d.io.datalist import DATASET_JSON, generated_dataset_settings, load_datalist
 from pconv3d.io.sitk import atomic_write
-from pconv3d.transforms import InputRecipe, hole_distance
+from pconv3d.transforms import InputRecipe, hole_reach
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, infer_transforms
 from pipelines.bundle import run_workflow
 from pipelines.config import load_config
@@ -129,11 +129,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "rarely, all axes": {"drop_slices": {"prob": 0.3, "axes": [0, 1, 2], "fraction": [0.1, 0.5]},
                          "mask_regions": {"prob": 0.2, "num_regions": [1, 3], "size": [0.1, 0.35]}},
 }
-# a recipe of two trainings (issue 24's fallback): the plain UNet where interpolation can fill the holes, the gated
-# network where it cannot, by how far the holes reach; the threshold (voxels) is chosen on validation cases
-ROUTE = ("unet_interp_noholes", "gated")
+# recipes of two trainings (issue 24's fallback, `pconv3d infer --plain-model`): the plain UNet where interpolation
+# can fill the holes, a gated network where it cannot, by how far the holes reach; the threshold (voxels) is
+# chosen on validation cases (complete volumes always go to the plain UNet). Derived method: (plain, gated).
+ROUTES = {"routed": ("unet_interp_noholes", "gated"), "routed_from_unet": ("unet_interp_noholes", "gated_from_unet")}
 REACH_THRESHOLDS = (0, 1, 2, 3, 4, 6, 8)
-DERIVED = {"routed": Method("Routed by hole reach: UNet (complete volumes) or GatedUNet")}
+DERIVED = {"routed": Method("Routed by hole reach: UNet (complete volumes) or GatedUNet"),
+           "routed_from_unet": Method("Routed by hole reach: UNet or GatedUNet started from it")}
 # what a MONAI user does today: the baselines that the issue's per-row target compares to
 INTERPOLATION_BASELINES = ("unet_interp", "unet_interp_noholes")
 # test holes: the arguments of the library's seeded holes (infer_transforms' drop_slices and mask_regions) per
@@ -195,20 +197,13 @@ def _score(run: Path, cases: Sequence[dict], patterns: Sequence[str], fractions:
                 logits = inferer(x, network, **kwargs)
                 missing = ~acquired
                 s = score_case(logits[0].argmax(0), label, num_classes, region=missing if missing.any() else None)
-                reach = hole_reach(missing)
+                reach = hole_reach(acquired)
                 for c in range(num_classes - 1):
                     rows.append({"case": Path(case[IMAGE]).name, "pattern": pattern, "missing": fraction, "class": c + 1,
                                  "reach": reach,
                                  "dice": float(s["dice"][c]),
                                  "dice_missing": float(s["dice_region"][c]) if "dice_region" in s else float("nan")})
     return rows
-
-
-def hole_reach(missing: torch.Tensor) -> float:
-    """How far the holes reach: the largest Euclidean distance (voxels) from a missing voxel to the nearest
-    acquired one, 0 with nothing missing. Interpolation fills a hole well where this is small (thin slices,
-    small boxes) and guesses where it is large (slabs, large regions): the routing analysis reads it."""
-    return float(hole_distance(~missing).max()) if missing.any() else 0.0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -324,13 +319,13 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
         print(f"{METHODS[slug].name}: test Dice {_mean_dice([r for r in rows if r['method'] == slug]):.3f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
-    if set(ROUTE) <= set(methods):  # a derived method: no training of its own
-        validation_rows = {m: on_validation(first[m]) for m in ROUTE}
-        scores = {t: _mean_dice(routed(*validation_rows.values(), t)) for t in REACH_THRESHOLDS}
-        chosen["routed"] = f"reach <= {max(scores, key=scores.get)}"
-        rows += routed(*([r for r in rows if r["method"] == m] for m in ROUTE), max(scores, key=scores.get))
-        print(f"routing: validation Dice {', '.join(f'{t} {v:.3f}' for t, v in scores.items())}; "
-              f"chosen: {chosen['routed']}", flush=True)
+    for name, route in ROUTES.items():  # derived methods: no training of their own
+        if set(route) <= set(methods):
+            scores = {t: _mean_dice(routed(*(on_validation(first[m]) for m in route), t)) for t in REACH_THRESHOLDS}
+            chosen[name] = f"reach <= {max(scores, key=scores.get)}"
+            rows += routed(*([r for r in rows if r["method"] == m] for m in route), max(scores, key=scores.get), name)
+            print(f"{DERIVED[name].name}: validation Dice {', '.join(f'{t} {v:.3f}' for t, v in scores.items())}; "
+                  f"chosen: {chosen[name]}", flush=True)
     write_outputs(out, rows, [], chosen)  # the main result, before the budget check
     ranked = sorted(methods, key=lambda m: -_mean_dice([r for r in rows if r["method"] == m]))
     # the best method and the best baseline (the runner-up if the best is a baseline or there is none): does the
@@ -343,25 +338,29 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
             run = train(data, out / f"budget{budget}x" / slug / f"seed{seed}", budget * epochs, seed,
                         {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
             budget_rows += _rows(slug, seed, run, score_network(run, test, patterns, fractions, roi, num_classes))
-    if "routed" in chosen and set(ROUTE) <= set(top):  # the same rule, on the larger budget's networks
-        budget_rows += routed(*([r for r in budget_rows if r["method"] == m] for m in ROUTE),
-                              float(chosen["routed"].split("<= ")[1]))
+    for name, route in ROUTES.items():  # the same rules, on the larger budget's networks
+        if name in chosen and set(route) <= set(top):
+            budget_rows += routed(*([r for r in budget_rows if r["method"] == m] for m in route),
+                                  float(chosen[name].split("<= ")[1]), name)
     write_outputs(out, rows, budget_rows, chosen)
     print(f"study done in {time.perf_counter() - start:.0f} s; results in {out.resolve()}")
     return rows
 
 
-def routed(plain: list[dict[str, Any]], gated: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
-    """The rows of a routing recipe that runs ``plain``'s network on a volume whose holes reach at most
-    ``threshold`` voxels (:func:`hole_reach`) and ``gated``'s otherwise, from the two methods' rows of the same
-    cases, holes and seeds. Its wall time is both trainings'."""
+def routed(plain: list[dict[str, Any]], gated: list[dict[str, Any]], threshold: float,
+           name: str = "routed") -> list[dict[str, Any]]:
+    """The rows of a routing recipe (method ``name``) that runs ``plain``'s network on a volume whose holes reach
+    at most ``threshold`` voxels (:func:`~pconv3d.transforms.hole_reach`) and ``gated``'s otherwise,
+    from the two methods' rows of the same cases, holes and seeds. Its wall time is both trainings': the two
+    rows' sum, or ``gated``'s alone where that one started from ``plain``'s training and counts it already."""
     key = lambda r: (r["case"], r["pattern"], r["missing"], r["class"], r.get("seed"))  # noqa: E731
     by_key = {key(r): r for r in plain}
     out = []
     for r in gated:
         p = by_key[key(r)]
-        out.append({**(p if r["reach"] <= threshold else r), "method": "routed",
-                    **({"wall_s": p["wall_s"] + r["wall_s"]} if "wall_s" in r else {})})
+        starts_from_plain = METHODS.get(r["method"], Method("")).overrides.get("init_from_method") == p["method"]
+        out.append({**(p if r["reach"] <= threshold else r), "method": name,
+                    **({"wall_s": r["wall_s"] + (0 if starts_from_plain else p["wall_s"])} if "wall_s" in r else {})})
     return out
 
 

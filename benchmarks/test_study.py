@@ -95,18 +95,6 @@ def test_hole_transforms_keep_the_acquired_voxels(dataset):
         assert torch.all((soft["mask"][~acquired] > 0) & (soft["mask"][~acquired] < 1))
 
 
-def test_hole_reach_is_the_farthest_missing_voxel():
-    from benchmarks.study import hole_reach
-
-    missing = torch.zeros(9, 9, 9, dtype=torch.bool)
-    assert hole_reach(missing) == 0.0
-    missing[:, :, 2:7] = True  # a 5-slice slab: its middle slice is 3 slices from the nearest acquired one
-    assert hole_reach(missing) == 3.0
-    missing[:] = False
-    missing[4, 4, 4] = True
-    assert hole_reach(missing) == 1.0
-
-
 def test_routed_takes_each_volume_from_one_network():
     from benchmarks.study import routed
 
@@ -118,6 +106,10 @@ def test_routed_takes_each_volume_from_one_network():
     out = routed(rows("plain", 0.8, reach), rows("gated", 0.6, reach), threshold=2)
     assert [(r["case"], r["dice"]) for r in out] == [(0, 0.8), (0, 0.8), (1, 0.6), (1, 0.6)]
     assert {r["method"] for r in out} == {"routed"} and {r["wall_s"] for r in out} == {20.0}
+    # a gated network fine-tuned from the plain one counts the plain training in its wall time already
+    out = routed(rows("unet_interp_noholes", 0.8, reach), rows("gated_from_unet", 0.6, reach), 0, "routed_from_unet")
+    assert [r["dice"] for r in out] == [0.6] * 4 and {r["wall_s"] for r in out} == {10.0}
+    assert {r["method"] for r in out} == {"routed_from_unet"}
 
 
 def test_a_method_started_from_another_needs_its_training_of_the_same_seed(tmp_path):

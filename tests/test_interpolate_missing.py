@@ -131,3 +131,17 @@ def test_hole_distance_is_the_euclidean_distance(shape, axis, seed, extra):
     got = hole_distance(torch.from_numpy(valid))
     assert got.dtype == torch.float32 and got.shape == shape
     np.testing.assert_allclose(got.numpy(), _distance_oracle(valid), rtol=1e-6, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.tuples(*[st.integers(1, 6)] * 3), seed=st.integers(0, 2**16), density=st.floats(0.05, 1.0))
+def test_hole_reach_is_the_farthest_missing_voxel(shape, seed, density):
+    """The largest distance from a missing voxel to the nearest valid one, by the definition; 0 with nothing
+    missing."""
+    from pconv3d.transforms import hole_reach
+
+    valid = np.random.default_rng(seed).random(shape) < density
+    if not valid.any():
+        return
+    expected = _distance_oracle(valid)[~valid].max() if not valid.all() else 0.0
+    assert hole_reach(torch.from_numpy(valid)) == pytest.approx(expected, rel=1e-6)

@@ -33,6 +33,7 @@ from pconv3d.transforms.filling import (
     InterpolateSlices,
     InterpolateSlicesd,
     hole_distance,
+    hole_reach,
     missing_slice_axes,
 )
 from pconv3d.transforms.holes import (
@@ -102,6 +103,7 @@ __all__ = [
     "drop_slice_pattern",
     "grid_mismatch",
     "hole_distance",
+    "hole_reach",
     "missing_slice_axes",
     "infer_transforms",
     "invert_transforms",

@@ -21,6 +21,7 @@ __all__ = [
     "InterpolateSlicesd",
     "missing_slice_axes",
     "hole_distance",
+    "hole_reach",
     "InterpolateMissing",
     "InterpolateMissingd",
 ]
@@ -172,6 +173,19 @@ def hole_distance(valid: torch.Tensor) -> torch.Tensor:
             return _slice_distance(present).view(shape).expand(valid.shape).to(torch.float32)
     hole = ~valid.cpu().numpy()
     return torch.as_tensor(ndimage.distance_transform_edt(hole), dtype=torch.float32, device=valid.device)
+
+
+def hole_reach(valid: torch.Tensor) -> float:
+    """How far the holes of a spatial boolean ``valid`` ``(X, Y, Z)`` reach: the largest distance (voxels) from a
+    missing voxel to the nearest valid one (:func:`hole_distance`), 0 with nothing missing. Interpolation fills a
+    hole well where this is small (thin slices, small boxes) and guesses where it is large (slabs, large regions).
+
+    Example:
+        >>> valid = torch.ones(9, 9, 9, dtype=torch.bool); valid[..., 2:7] = False  # a slab of 5 slices
+        >>> hole_reach(valid), hole_reach(torch.ones(2, 2, 2, dtype=torch.bool))
+        (3.0, 0.0)
+    """
+    return float(hole_distance(valid).max()) if not valid.all() else 0.0
 
 
 def _slice_distance(present: torch.Tensor) -> torch.Tensor:
