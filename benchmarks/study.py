@@ -321,7 +321,8 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
 
     for name, route in ROUTES.items():  # derived methods: no training of their own
         if set(route) <= set(methods):
-            scores = {t: _mean_dice(routed(*(on_validation(first[m]) for m in route), t)) for t in REACH_THRESHOLDS}
+            validation_rows = [on_validation(first[m]) for m in route]
+            scores = {t: _mean_dice(routed(*validation_rows, t)) for t in REACH_THRESHOLDS}
             chosen[name] = f"reach <= {max(scores, key=scores.get)}"
             rows += routed(*([r for r in rows if r["method"] == m] for m in route), max(scores, key=scores.get), name)
             print(f"{DERIVED[name].name}: validation Dice {', '.join(f'{t} {v:.3f}' for t, v in scores.items())}; "
@@ -358,9 +359,11 @@ def routed(plain: list[dict[str, Any]], gated: list[dict[str, Any]], threshold: 
     out = []
     for r in gated:
         p = by_key[key(r)]
-        starts_from_plain = METHODS.get(r["method"], Method("")).overrides.get("init_from_method") == p["method"]
-        out.append({**(p if r["reach"] <= threshold else r), "method": name,
-                    **({"wall_s": r["wall_s"] + (0 if starts_from_plain else p["wall_s"])} if "wall_s" in r else {})})
+        wall = {}
+        if "wall_s" in r:  # a test row (validation rows name no method and no wall time)
+            counted = METHODS[r["method"]].overrides.get("init_from_method") == p["method"]
+            wall = {"wall_s": r["wall_s"] + (0 if counted else p["wall_s"])}
+        out.append({**(p if r["reach"] <= threshold else r), "method": name, **wall})
     return out
 
 

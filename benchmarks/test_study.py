@@ -110,6 +110,8 @@ def test_routed_takes_each_volume_from_one_network():
     out = routed(rows("unet_interp_noholes", 0.8, reach), rows("gated_from_unet", 0.6, reach), 0, "routed_from_unet")
     assert [r["dice"] for r in out] == [0.6] * 4 and {r["wall_s"] for r in out} == {10.0}
     assert {r["method"] for r in out} == {"routed_from_unet"}
+    validation = [{k: v for k, v in r.items() if k not in ("method", "wall_s")} for r in rows("x", 0.7, reach)]
+    assert [r["dice"] for r in routed(validation, validation, 2)] == [0.7] * 4  # rows of no method, no wall time
 
 
 def test_a_method_started_from_another_needs_its_training_of_the_same_seed(tmp_path):

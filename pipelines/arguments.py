@@ -30,6 +30,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def distance(text: str) -> float:
+    """A distance >= 0 (voxels)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a distance >= 0 (voxels), got {text!r}")
+    return value
+
+
 def device(text: str) -> torch.device:
     """A torch device that exists on this machine: ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
 

@@ -18,9 +18,10 @@ from monai.data import partition_dataset
 
 from pconv3d.io.datalist import load_folder
 from pconv3d.io.save import output_path
-from pipelines.arguments import positive_int
+from pipelines.arguments import distance, positive_int
 from pipelines.bundle import add_common_arguments, common_overrides, run_workflow
 from pipelines import records
+from pconv3d.transforms import InputRecipe
 from pipelines.handlers import load_checkpoint
 from pipelines.inputs import check_cases
 
@@ -33,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common_arguments(p, "inference.yaml")
     p.add_argument("--model", required=True, help="checkpoint written by `pconv3d train` (best.pt or last.pt)")
     p.add_argument("--input", required=True, help="a volume file or a folder of volumes")
+    p.add_argument("--plain-model", help="a second checkpoint, of a network given the image alone (recipe 'plain', "
+                   "trained on complete volumes): it segments each volume whose holes reach at most --max-reach "
+                   "voxels, --model the others")
+    p.add_argument("--max-reach", type=distance, help="with --plain-model: the farthest a missing voxel may lie from "
+                   "an acquired one for the plain network (default 0: complete volumes only)")
     p.add_argument("--mask", help="validity mask file for a single input volume (nonzero = valid; floating masks are weights in [0, 1])")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
@@ -121,9 +127,36 @@ def checkpoint_overrides(model_path: str, extra: list[str]) -> dict[str, Any]:
     return {"model_path": model_path, **{k: v for k, v in recorded.items() if v is not None and k not in given}}
 
 
+def plain_model_overrides(model_path: str) -> dict[str, Any]:
+    """Config overrides for the plain model beside the main one (``--plain-model``): its path, network and
+    recipe, from its checked records (:func:`checkpoint_overrides`); an error if it records no network."""
+    recorded = checkpoint_overrides(model_path, [])
+    if "network_def" not in recorded:
+        raise ValueError(f"{model_path}: the plain model records no network; give a checkpoint written by "
+                         "`pconv3d train` (best.pt) or a bundle's models/model.pt")
+    return {f"plain_{key}": value for key, value in recorded.items()}
+
+
+def check_plain_model(recipe: InputRecipe, plain_recipe: Any, plain_network: torch.nn.Module, model_path: str) -> None:
+    """Before any volume is segmented, with ``--plain-model``: the plain model takes the main recipe's image
+    without the mask (:meth:`~pconv3d.transforms.InputRecipe.image_only`), so that it can be handed the same
+    input with the mask left out; a model that records no recipe is taken to take that."""
+    expected = recipe.image_only()
+    got = expected if plain_recipe is None else InputRecipe.of(plain_recipe, f"{model_path}: input_recipe")
+    if got != expected:
+        label = lambda r: repr(r.name) if r.name else str(r.as_dict())  # noqa: E731
+        raise ValueError(f"{model_path}: the plain model was trained on the recipe {label(got)}; beside a model of "
+                         f"the recipe {label(recipe)} it must take {label(expected)} (the same image, no mask)")
+    expected.check_network(plain_network)
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = {**checkpoint_overrides(args.model, args.extra), "input": args.input, **common_overrides(args)}
-    optional = {"mask": args.mask, "sw_batch_size": args.sw_batch_size}
+    if args.plain_model:
+        overrides.update(plain_model_overrides(args.plain_model))
+    elif args.max_reach is not None:
+        raise ValueError("--max-reach chooses between two models; give the second with --plain-model")
+    optional = {"mask": args.mask, "sw_batch_size": args.sw_batch_size, "max_reach": args.max_reach}
     overrides.update({k: v for k, v in optional.items() if v is not None})
     for flag, key in ((args.probabilities, "save_probabilities"), (args.amp, "amp"), (args.compile, "compile")):
         if flag:

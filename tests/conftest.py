@@ -33,3 +33,12 @@ def trained_partial(dataset, tmp_path_factory) -> Path:
     assert main(["train", "--data", str(dataset), "--output", str(out), "--epochs", "2", *TINY,
                  "--recipe", "partial"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_plain(dataset, tmp_path_factory) -> Path:
+    """A MONAI UNet on interpolated input trained on complete volumes (configs/unet_interpolated.yaml)."""
+    out = tmp_path_factory.mktemp("train_plain")
+    assert main(["train", "--config", "train.yaml", "unet_interpolated.yaml", "--data", str(dataset), "--output",
+                 str(out), "--epochs", "1", *TINY]) == 0
+    return out

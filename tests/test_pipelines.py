@@ -303,11 +303,9 @@ def test_a_network_that_does_not_fit_its_recipe_is_refused_before_training(datas
     assert not out.exists()
 
 
-def test_interpolated_unet_overlay_is_a_complete_recipe(dataset, tmp_path):
+def test_interpolated_unet_overlay_is_a_complete_recipe(dataset, trained_plain, tmp_path):
     """configs/unet_interpolated.yaml: a MONAI UNet on interpolated input, no simulated holes, replayed by infer."""
-    out = tmp_path / "run"
-    assert main(["train", "--config", "train.yaml", "unet_interpolated.yaml", "--data", str(dataset), "--output",
-                 str(out), "--epochs", "1", *TINY]) == 0
+    out = trained_plain
     best = load_checkpoint(out / "best.pt")
     assert best["network_def"]["_target_"] == "monai.networks.nets.UNet" and best["network_def"]["in_channels"] == 1
     assert best["input_recipe"] == RECIPES["plain"].as_dict()

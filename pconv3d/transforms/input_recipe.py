@@ -114,6 +114,12 @@ class InputRecipe:
         """The record that :meth:`of` reads back: the three input settings, plain values."""
         return {"mask_input": self.mask_input, "fill": self.fill, "mask_as_channel": self.mask_as_channel}
 
+    def image_only(self) -> InputRecipe:
+        """The recipe that gives the same image without the mask: what a plain network beside this recipe's
+        network takes (:class:`~pconv3d.inferers.RoutedInferer`). A soft fill fills as ``"interpolate"`` does."""
+        return InputRecipe.of({"mask_input": False, "fill": None if self.fill is None else "interpolate",
+                               "mask_as_channel": False})
+
     def in_channels(self, image_channels: int = 1) -> int:
         """Channels the network takes for an image of ``image_channels``."""
         return image_channels + int(self.mask_as_channel)
