@@ -18,10 +18,10 @@ from monai.data import partition_dataset
 
 from pconv3d.io.datalist import load_folder
 from pconv3d.io.save import output_path
+from pconv3d.transforms import InputRecipe
 from pipelines.arguments import distance, positive_int
 from pipelines.bundle import add_common_arguments, common_overrides, run_workflow
 from pipelines import records
-from pconv3d.transforms import InputRecipe
 from pipelines.handlers import load_checkpoint
 from pipelines.inputs import check_cases
 
