@@ -4,7 +4,8 @@ patterns and pattern by pattern. For reporting a result, never for choosing: cho
 cases (``benchmarks.check_validation``).
 
 Run: ``python -m benchmarks.compare_results docs/study/issue24/results.csv --a gated_from_unet:500 --b gated:1000``
-(``METHOD:EPOCHS``, as the study's ``results.csv`` records them: a method trained at two budgets has two).
+(``METHOD:EPOCHS``, as the study's ``results.csv`` records them: a method trained at two budgets has two; a routed
+method's rows carry the epochs of the training each comes from, so it is named by both: ``routed_from_unet:1000,500``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from benchmarks.study import ALL_PATTERNS, FRACTIONS, paired_summaries
 
 
 def read_rows(path: Path, spec: str) -> list[dict[str, Any]]:
-    """The rows of ``METHOD:EPOCHS`` in a study's ``results.csv``, typed as the study wrote them."""
-    method, _, epochs = spec.partition(":")
+    """The rows of ``METHOD:EPOCHS`` (``EPOCHS``: one value or several, comma-separated) in a study's
+    ``results.csv``, typed as the study wrote them."""
+    method, _, given = spec.partition(":")
+    epochs = given.split(",")
     rows = [{**r, "seed": int(r["seed"]), "missing": float(r["missing"]), "dice": float(r["dice"]),
              "dice_missing": float(r["dice_missing"])}
-            for r in csv.DictReader(path.open()) if r["method"] == method and r["epochs"] == epochs]
+            for r in csv.DictReader(path.open()) if r["method"] == method and r["epochs"] in epochs]
     if not rows:
-        raise SystemExit(f"{path}: no rows of method {method!r} with epochs {epochs!r} (expected METHOD:EPOCHS)")
+        raise SystemExit(f"{path}: no rows of method {method!r} with epochs {given!r} (expected METHOD:EPOCHS)")
     return rows
 
 

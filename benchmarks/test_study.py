@@ -148,3 +148,5 @@ def test_compare_results_pairs_two_methods_of_a_results_table(tmp_path):
     assert "held out" in got and "slices + boxes" in got
     with pytest.raises(SystemExit, match="no rows of method 'a' with epochs '1000'"):
         read_rows(tmp_path / "results.csv", "a:1000")
+    both = read_rows(tmp_path / "results.csv", "b:250,1000")  # a routed method's rows come from two trainings
+    assert len(both) == 2 * len(read_rows(tmp_path / "results.csv", "b:250"))
