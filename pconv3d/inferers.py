@@ -53,7 +53,7 @@ class RoutedInferer(Inferer):
         self.plain_network = plain_network
         self.recipe = InputRecipe.of(recipe)
         if not (self.recipe.mask_as_channel or self.recipe.mask_input):
-            raise ValueError(f"RoutedInferer: the recipe {self.recipe.name or self.recipe.as_dict()} gives the "
+            raise ValueError(f"RoutedInferer: the recipe {self.recipe.label} gives the "
                              "network no mask, so holes cannot be told from data; expected a recipe with "
                              "mask_as_channel or mask_input")
         if not max_reach >= 0:

@@ -144,9 +144,8 @@ def check_plain_model(recipe: InputRecipe, plain_recipe: Any, plain_network: tor
     expected = recipe.image_only()
     got = expected if plain_recipe is None else InputRecipe.of(plain_recipe, f"{model_path}: input_recipe")
     if got != expected:
-        label = lambda r: repr(r.name) if r.name else str(r.as_dict())  # noqa: E731
-        raise ValueError(f"{model_path}: the plain model was trained on the recipe {label(got)}; beside a model of "
-                         f"the recipe {label(recipe)} it must take {label(expected)} (the same image, no mask)")
+        raise ValueError(f"{model_path}: the plain model was trained on the recipe {got.label}; beside a model of "
+                         f"the recipe {recipe.label} it must take {expected.label} (the same image, no mask)")
     expected.check_network(plain_network)
 
 

@@ -110,6 +110,11 @@ class InputRecipe:
         """The name of the equal recipe of :data:`RECIPES`, or ``None``."""
         return next((name for name, named in RECIPES.items() if named == self), None)
 
+    @property
+    def label(self) -> str:
+        """How messages name the recipe: its quoted name, or its record where it has none."""
+        return repr(self.name) if self.name else str(self.as_dict())
+
     def as_dict(self) -> dict[str, Any]:
         """The record that :meth:`of` reads back: the three input settings, plain values."""
         return {"mask_input": self.mask_input, "fill": self.fill, "mask_as_channel": self.mask_as_channel}
@@ -158,7 +163,7 @@ class InputRecipe:
         takes_mask = "condition" in inspect.signature(cls.forward).parameters
         if takes_mask == self.mask_input:
             return
-        label = f"recipe {self.name!r}" if self.name else f"the recipe {self.as_dict()}"
+        label = f"recipe {self.label}" if self.name else f"the recipe {self.label}"
         if takes_mask:
             raise ValueError(f"{cls.__name__} takes a validity mask (network(x, condition=mask)), but {label} gives "
                              "it none, so its holes would count as data; use the recipe 'partial' or a network "
