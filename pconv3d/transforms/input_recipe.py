@@ -112,7 +112,7 @@ class InputRecipe:
 
     @property
     def label(self) -> str:
-        """How messages name the recipe: its quoted name, or its record where it has none."""
+        """The recipe as messages name it, its quoted name or, where it has none, its record."""
         return repr(self.name) if self.name else str(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
