@@ -319,12 +319,14 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
         print(f"{METHODS[slug].name}: test Dice {_mean_dice([r for r in rows if r['method'] == slug]):.3f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
+    reach: dict[str, float] = {}  # each route's threshold, chosen on validation, reused at the larger budget
     for name, route in ROUTES.items():  # derived methods: no training of their own
         if set(route) <= set(methods):
             validation_rows = [on_validation(first[m]) for m in route]
             scores = {t: _mean_dice(routed(*validation_rows, t)) for t in REACH_THRESHOLDS}
-            chosen[name] = f"reach <= {max(scores, key=scores.get)}"
-            rows += routed(*([r for r in rows if r["method"] == m] for m in route), max(scores, key=scores.get), name)
+            reach[name] = max(scores, key=scores.get)
+            chosen[name] = f"reach <= {reach[name]}"
+            rows += routed(*([r for r in rows if r["method"] == m] for m in route), reach[name], name)
             print(f"{DERIVED[name].name}: validation Dice {', '.join(f'{t} {v:.3f}' for t, v in scores.items())}; "
                   f"chosen: {chosen[name]}", flush=True)
     write_outputs(out, rows, [], chosen)  # the main result, before the budget check
@@ -340,9 +342,8 @@ def run_study(output: str | Path = "outputs/study", epochs: int = 250, seeds: Se
                         {**METHODS[slug].overrides, **CANDIDATES[chosen[slug]], **extra})
             budget_rows += _rows(slug, seed, run, score_network(run, test, patterns, fractions, roi, num_classes))
     for name, route in ROUTES.items():  # the same rules, on the larger budget's networks
-        if name in chosen and set(route) <= set(top):
-            budget_rows += routed(*([r for r in budget_rows if r["method"] == m] for m in route),
-                                  float(chosen[name].split("<= ")[1]), name)
+        if name in reach and set(route) <= set(top):
+            budget_rows += routed(*([r for r in budget_rows if r["method"] == m] for m in route), reach[name], name)
     write_outputs(out, rows, budget_rows, chosen)
     print(f"study done in {time.perf_counter() - start:.0f} s; results in {out.resolve()}")
     return rows
