@@ -3,8 +3,8 @@ its holes filled and a confidence channel, the soft fill) and ``plain`` (MONAI `
 side by side in one run, alternating: the whole ``pconv3d infer`` command, its parts timed apart, and training.
 
 Run: ``python -m benchmarks.bench_recipes [--output /tmp/pconv3d-recipes] [--reps 3] [--epochs 15] [--device cuda]
-[--sections command parts train]`` from the repository root; it prints a Markdown report and writes it to
-``OUTPUT/bench_recipes.md`` (date, commit, torch version and CPU at the top). ``--quick`` (a 64³ crop, 1 rep, 2
+[--num-workers 0] [--sections command parts train]`` from the repository root; it prints a Markdown report and
+writes it to ``OUTPUT/bench_recipes.md`` (date, commit, torch version and CPU at the top). ``--quick`` (a 64³ crop, 1 rep, 2
 epochs) only checks that the script runs: its numbers measure nothing. Never run it while a study or the tests
 run: it times.
 
@@ -37,7 +37,8 @@ What it measures:
 3. Training: ``pconv3d train`` for ``--epochs`` epochs on the default dataset's 48³ volumes (``pconv3d data``)
    without validation, each recipe as its config trains it (gated: holes simulated; plain: ``unet_interpolated.yaml``,
    complete volumes) and the plain recipe with simulated holes (gated's data path, so that the network's share
-   shows), in turn: wall time (start-up included) and peak resident set, best and median; the time per epoch
+   shows), in turn, with ``--num-workers`` data-loader workers (0, the configs' value: the data path runs
+   between the steps): wall time (start-up included) and peak resident set, best and median; the time per epoch
    from the run's TensorBoard events (the wall time of each epoch's last loss, so epochs 2 on; median).
 
 ``--device cuda``: the network parts (sliding window, training step, and the commands' ``--device``) on the GPU,
@@ -426,7 +427,7 @@ def training_table(args, work: Path) -> list[str]:
         run = work / "train" / name.replace(", ", "-").replace(" ", "-")
         argv = [*CLI, "train", *TRAIN_VARIANTS[name], "--data", str(data), "--output", str(run), "--epochs",
                 str(args.epochs), "--val_interval", str(args.epochs + 1),  # no validation
-                "--progress", "false", "--overwrite", "--device", str(args.device)]
+                "--progress", "false", "--overwrite", "--device", str(args.device), "--num_workers", str(args.num_workers)]
         wall, peak = run_command(argv)
         return wall, peak, epoch_seconds(run, args.epochs)
 
@@ -444,8 +445,9 @@ def training_table(args, work: Path) -> list[str]:
         seconds = [s for _, _, e in rs for s in e]
         return statistics.median(seconds) if seconds else None
 
-    return [f"### Training: `pconv3d train`, {args.epochs} epochs on 48³ volumes, no validation (best and median of "
-            f"{args.reps} runs in turn)", "",
+    loader = f", {args.num_workers} data-loader worker(s)" if args.num_workers else ""
+    return [f"### Training: `pconv3d train`, {args.epochs} epochs on 48³ volumes, no validation{loader} (best and "
+            f"median of {args.reps} runs in turn)", "",
             f"| | default ({DEFAULT}) | {' | '.join(refs)} | {' | '.join(f'{DEFAULT} / {r}' for r in refs)} |",
             "|---|" + "---:|" * (len(names) + len(refs)),
             row("wall, best (s, start-up included)", lambda rs: min(w for w, _, _ in rs), "{:.1f}"),
@@ -490,6 +492,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=15, help="epochs of each training")
     p.add_argument("--device", type=torch_device, default=torch.device("cpu"),
                    help="cpu, cuda, cuda:1 ... (the network parts and the commands; refused without a CUDA GPU)")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="the trainings' data-loader workers (configs' num_workers; 0: the data path runs between steps)")
     p.add_argument("--sections", nargs="+", choices=("command", "parts", "train"), default=["command", "parts", "train"])
     p.add_argument("--quick", action="store_true", help="a 64³ crop, 1 rep, 2 epochs, to check the script runs")
     args = p.parse_args()
