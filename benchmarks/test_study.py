@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -68,6 +69,9 @@ def test_study_runs_its_stages_and_writes_tables(dataset, tmp_path, capsys):
     assert " of 3 |" in summary
     # twice the budget: the best method and the best baseline, and their paired difference at both budgets
     assert " at 1x, " in summary and len(list((out / "budget2x").iterdir())) == 2
+    # the route's threshold, chosen at 1x, routes the larger budget's networks too
+    larger = [r for r in csv.DictReader((out / "results.csv").open()) if r["epochs"] == "2"]
+    assert {r["method"] for r in larger} == {"unet_interp_noholes", "gated", "routed"}
     # the held-out pattern is reported apart and was not used to choose settings
     assert "small boxes (held out)" in summary and "held out: all voxels" in summary
     assert "(held-out patterns)" in summary and "training wall time" in summary
@@ -125,8 +129,6 @@ def test_a_method_started_from_another_needs_its_training_of_the_same_seed(tmp_p
 
 
 def test_compare_results_pairs_two_methods_of_a_results_table(tmp_path):
-    import csv
-
     from benchmarks.compare_results import compare, read_rows
     from benchmarks.study import ALL_PATTERNS, FRACTIONS
 
