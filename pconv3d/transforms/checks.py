@@ -110,8 +110,9 @@ def check_mask_values(mask: NdarrayOrTensor, name: str = "mask") -> None:
     m = convert_to_tensor(mask, track_meta=False)
     if not m.is_floating_point() or m.numel() == 0:
         return
-    bad = m[torch.isnan(m) | (m < 0) | (m > 1)]
-    if bad.numel():
+    low, high = torch.aminmax(m)  # one pass; a NaN makes both NaN, and so fails the test below
+    if not (low >= 0 and high <= 1):
+        bad = m[torch.isnan(m) | (m < 0) | (m > 1)]
         raise ValueError(
             f"{name}{_source(mask)}: a floating validity mask holds weights in [0, 1], found {bad[0].item()} "
             "(store binary masks as bool or integer, or rescale)"
