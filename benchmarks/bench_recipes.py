@@ -39,7 +39,8 @@ What it measures:
    complete volumes) and the plain recipe with simulated holes (gated's data path, so that the network's share
    shows), in turn, with ``--num-workers`` data-loader workers (0, the configs' value: the data path runs
    between the steps): wall time (start-up included) and peak resident set, best and median; the time per epoch
-   from the run's TensorBoard events (the wall time of each epoch's last loss, so epochs 2 on; median).
+   from the run's TensorBoard events (the wall time of each epoch's last loss, so epochs 2 on; median); and, in this
+   process, the data path alone: one epoch's draw of every training volume through each variant's dataset.
 
 ``--device cuda``: the network parts (sliding window, training step, and the commands' ``--device``) on the GPU,
 timed between ``torch.cuda.synchronize()`` calls; refused when this machine has no CUDA GPU. Hole filling and the
@@ -418,6 +419,22 @@ def epoch_seconds(run: Path, epochs: int) -> list[float]:
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
+def variant_dataset(argv: list[str], data: Path) -> Any:
+    """The training dataset of a ``TRAIN_VARIANTS`` command line (its configs and ``--recipe``), as ``pconv3d train``
+    builds it: a ``CacheDataset`` whose items run the random transforms (holes, crop, augmentation, the recipe)."""
+    recipe = argv.index("--recipe") if "--recipe" in argv else len(argv)
+    overrides = {"dataset_dir": str(data), **({"recipe": argv[recipe + 1]} if recipe < len(argv) else {})}
+    return load_config(argv[1:recipe], overrides).get_parsed_content("train#dataset")
+
+
+def epoch_of_data(dataset: Any) -> float:
+    """Seconds to draw every item of ``dataset`` once: one epoch of its data path without the network."""
+    start = time.perf_counter()
+    for i in range(len(dataset)):
+        dataset[i]
+    return time.perf_counter() - start
+
+
 def training_table(args, work: Path) -> list[str]:
     data = work / "data"
     if not (data / "dataset.json").is_file():
@@ -432,11 +449,18 @@ def training_table(args, work: Path) -> list[str]:
         return wall, peak, epoch_seconds(run, args.epochs)
 
     runs = alternating({name: lambda name=name: train(name) for name in TRAIN_VARIANTS}, args.reps)
+    datasets = {name: variant_dataset(argv, data) for name, argv in TRAIN_VARIANTS.items()}
+    for dataset in datasets.values():  # first calls (imports, allocations) before any is timed
+        epoch_of_data(dataset)
+    data_path = {name: statistics.median(seconds) for name, seconds in alternating(
+        {name: lambda ds=ds: epoch_of_data(ds) for name, ds in datasets.items()}, args.reps).items()}
     names = list(TRAIN_VARIANTS)
     refs = names[1:]
 
     def row(label: str, value: Callable[[list], float | None], fmt: str) -> str:
-        v = {n: value(runs[n]) for n in names}
+        return values_row(label, {n: value(runs[n]) for n in names}, fmt)
+
+    def values_row(label: str, v: dict[str, float | None], fmt: str) -> str:
         cells = [fmt.format(v[n]) if v[n] is not None else "n/a" for n in names]
         ratios = [f"{v[DEFAULT] / v[r]:.2f}×" if v[DEFAULT] is not None and v[r] else "n/a" for r in refs]
         return f"| {label} | {' | '.join(cells)} | {' | '.join(ratios)} |"
@@ -453,6 +477,8 @@ def training_table(args, work: Path) -> list[str]:
             row("wall, best (s, start-up included)", lambda rs: min(w for w, _, _ in rs), "{:.1f}"),
             row("wall, median (s)", lambda rs: statistics.median(w for w, _, _ in rs), "{:.1f}"),
             row("per epoch, median over epochs 2 on and runs (s; TensorBoard event times)", per_epoch, "{:.2f}"),
+            values_row("the data path alone: every training volume through the random transforms once, in this "
+                       "process (s, median)", data_path, "{:.2f}"),
             row("peak RSS, median (MB)", lambda rs: statistics.median(p for _, p, _ in rs) / 1e6, "{:.0f}")]
 
 
