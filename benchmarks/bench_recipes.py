@@ -4,9 +4,9 @@ side by side in one run, alternating: the whole ``pconv3d infer`` command, its p
 
 Run: ``python -m benchmarks.bench_recipes [--output /tmp/pconv3d-recipes] [--reps 3] [--epochs 15] [--device cuda]
 [--num-workers 0] [--sections command parts train]`` from the repository root; it prints a Markdown report and
-writes it to ``OUTPUT/bench_recipes.md`` (date, commit, torch version and CPU at the top). ``--quick`` (a 64³ crop, 1 rep, 2
-epochs) only checks that the script runs: its numbers measure nothing. Never run it while a study or the tests
-run: it times.
+writes it to ``OUTPUT/bench_recipes.md`` (date, commit, torch version and CPU at the top). ``--quick`` (a 64³
+crop, 1 rep, 2 epochs) only checks that the script runs: its numbers measure nothing. Never run it while a study
+or the tests run: it times.
 
 Setting: the MNI152 template that ships with nilearn at its own 1 mm grid (197x233x189) with 30 % of its axial
 slices NaN (the missing data ``pconv3d infer`` finds), written as ``benchmarks/bench_infer_fullsize.py`` writes it;
@@ -77,8 +77,10 @@ from pconv3d.losses import MaskedDiceCELoss
 from pconv3d.transforms import RECIPES, InputRecipe, InterpolateMissing, InterpolateMissingd
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, PRED
 from pipelines.arguments import device as torch_device
-from pipelines.config import CONFIG_DIR, load_config
+from pipelines.cli import build_parser
+from pipelines.config import CONFIG_DIR, load_config, parse_overrides
 from pipelines.infer import check_inference, checkpoint_overrides
+from pipelines.train import train_overrides
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -420,11 +422,11 @@ def epoch_seconds(run: Path, epochs: int) -> list[float]:
 
 
 def variant_dataset(argv: list[str], data: Path) -> Any:
-    """The training dataset of a ``TRAIN_VARIANTS`` command line (its configs and ``--recipe``), as ``pconv3d train``
-    builds it: a ``CacheDataset`` whose items run the random transforms (holes, crop, augmentation, the recipe)."""
-    recipe = argv.index("--recipe") if "--recipe" in argv else len(argv)
-    overrides = {"dataset_dir": str(data), **({"recipe": argv[recipe + 1]} if recipe < len(argv) else {})}
-    return load_config(argv[1:recipe], overrides).get_parsed_content("train#dataset")
+    """The training dataset of a ``TRAIN_VARIANTS`` command line, read by ``pconv3d train``'s own parser and
+    overrides: a ``CacheDataset`` whose items run the random transforms (holes, crop, augmentation, the recipe)."""
+    args, extra = build_parser().parse_known_args(["train", *argv, "--data", str(data)])
+    parser = load_config(args.config, {**train_overrides(args), **parse_overrides(extra)})
+    return parser.get_parsed_content("train#dataset")
 
 
 def epoch_of_data(dataset: Any) -> float:
@@ -444,7 +446,8 @@ def training_table(args, work: Path) -> list[str]:
         run = work / "train" / name.replace(", ", "-").replace(" ", "-")
         argv = [*CLI, "train", *TRAIN_VARIANTS[name], "--data", str(data), "--output", str(run), "--epochs",
                 str(args.epochs), "--val_interval", str(args.epochs + 1),  # no validation
-                "--progress", "false", "--overwrite", "--device", str(args.device), "--num_workers", str(args.num_workers)]
+                "--progress", "false", "--overwrite", "--device", str(args.device),
+                "--num_workers", str(args.num_workers)]
         wall, peak = run_command(argv)
         return wall, peak, epoch_seconds(run, args.epochs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pconv3d.io.datalist import DATASET_JSON, load_datalist
 from pconv3d.transforms import RECIPES
@@ -30,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of ``pconv3d train``'s own arguments (``--id value`` pairs aside)."""
     overrides = {"dataset_dir": args.data, "epochs": args.epochs, "seed": args.seed, "init_from": args.init_from}
     overrides = {**{k: v for k, v in overrides.items() if v is not None}, **common_overrides(args)}
     if args.recipe is not None:  # read as YAML, as any --id value: a name or a mapping
@@ -40,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
     for flag, key in ((args.amp, "amp"), (args.compile, "compile")):
         if flag:
             overrides[key] = True
-    run_workflow(args.config, overrides, args.extra)
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    run_workflow(args.config, train_overrides(args), args.extra)
     return 0
 
 
