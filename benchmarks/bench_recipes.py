@@ -169,7 +169,8 @@ def command_runs(args, volume: Path, ckpts: dict[str, Path], work: Path) -> dict
 # the ends of its phases, written to MARKS.json. Only the standard library runs before the command's own imports
 # (this module's would count in its start-up); the patched calls are the command's own, one wrapper each.
 PROBE = """
-import json, sys, time
+import gc, json, sys, time
+gc.disable()  # as the command's entry() does for its imports, which begin here with the probe's own
 marks = {}
 
 def wrap(cls, attr, before=None, after=None):
@@ -192,9 +193,9 @@ wrap(LoadImaged, "__call__", before="read")
 wrap(SupervisedEvaluator, "run", before="evaluator", after="evaluated")
 wrap(SlidingWindowInferer, "__call__", before="windows", after="windowed")
 wrap(Invertd, "__call__", after="inverted")
-from pipelines.cli import main
+from pipelines.cli import entry
 try:
-    code = main(sys.argv[2:])
+    code = entry(sys.argv[2:])
 finally:
     marks["returned"] = time.time()
     with open(sys.argv[1], "w") as f:
@@ -251,6 +252,27 @@ def command_table(args, volume: Path, ckpts: dict[str, Path],
         v = {n: statistics.median(sum(r) if i == len(PHASES) else r[i] for r in phases[n]) for n in phases}
         lines.append(f"| {label} | {v[DEFAULT]:.2f} | {v[PLAIN]:.2f} | {v[DEFAULT] / v[PLAIN]:.2f}× |")
     return command, lines
+
+
+# the command as it runs (``pipelines.cli.entry``: the garbage collector kept out of the imports and the exit), and
+# ``pipelines.cli.main`` alone in the same interpreter (the collector as Python sets it): what ``entry`` saves
+MAIN_ONLY = [*PYTHON, "-c", "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def collector_table(args, volume: Path, ckpts: dict[str, Path], work: Path) -> list[str]:
+    """Wall seconds of ``pconv3d --help`` and of the default's ``pconv3d infer``, through ``entry`` and ``main``."""
+    infer = infer_argv(ckpts[DEFAULT], volume, work / "predictions" / "collector", args.patch, args.device)[len(CLI):]
+    commands = {"`pconv3d --help`": ["--help"], f"`pconv3d infer`, default ({DEFAULT})": infer}
+    lines = [f"### The garbage collector at start-up and exit (best and median of {args.reps} runs in turn; seconds)", "",
+             "| command | as it runs (`entry`) | `main` alone, the collector as Python sets it | entry / main |",
+             "|---|---:|---:|---:|"]
+    for label, argv in commands.items():
+        runs = alternating({"entry": lambda: run_command([*CLI, *argv])[0],
+                            "main": lambda: run_command([*MAIN_ONLY, *argv])[0]}, args.reps)
+        for pick, name in ((min, "best"), (statistics.median, "median")):
+            v = {k: pick(w) for k, w in runs.items()}
+            lines.append(f"| {label}, {name} | {v['entry']:.2f} | {v['main']:.2f} | {v['entry'] / v['main']:.2f}× |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -538,7 +560,7 @@ def main() -> None:
     command = None
     if "command" in args.sections:
         command, command_lines = command_table(args, volume, ckpts, work)
-        lines += [*command_lines, ""]
+        lines += [*command_lines, "", *collector_table(args, volume, ckpts, work), ""]
     if "parts" in args.sections:
         lines += [*parts_table(args, volume, ckpts, work, cfg, command), ""]
     if "train" in args.sections:

@@ -8,6 +8,7 @@ also take ``--id value`` overrides (their parser sets an ``extra`` default).
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 import warnings
@@ -49,5 +50,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_reporting_errors(args.command, lambda: args.func(args))
 
 
+def entry(argv: Sequence[str] | None = None) -> int:
+    """The ``pconv3d`` command (console script and ``python -m pipelines.cli``): :func:`main`, with Python's cyclic
+    garbage collector kept out of the imports and the exit.
+
+    Importing torch and MONAI makes about 440 000 objects that live as long as the process. Every collection on
+    the way rescans them, and so does the interpreter's at exit: about a second each on a 2-core CPU
+    (``benchmarks/bench_recipes.py``, the command's phases). Frozen (``gc.freeze``), they are never scanned again;
+    only what the command itself makes is collected, as before. Tests call :func:`main`, many times in one process,
+    where freezing would keep each run's garbage.
+    """
+    gc.disable()
+    try:
+        for name in SUBCOMMANDS:
+            importlib.import_module(f"pipelines.{name}")
+    finally:
+        gc.enable()
+    gc.freeze()
+    code = main(argv)
+    gc.freeze()  # the exit's own collection would only free memory that the ending process gives back anyway
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

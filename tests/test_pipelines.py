@@ -73,6 +73,19 @@ def test_a_log_of_a_run_that_logged_the_running_average_gives_the_mean_loss(tmp_
     assert log.rows() == [{"epoch": 1, "lr": 0.1, "loss": 2.0, "val_mean_dice": 0.5}]
 
 
+def test_the_command_entry_freezes_its_imports_and_leaves_the_collector_on(tmp_path):
+    # entry() keeps the garbage collector out of the imports and the exit; a bug there would leave it off for a
+    # whole training, or change the exit code the shell sees
+    code = ("import gc, sys; from pipelines.cli import entry; "
+            "code = entry(['train', '--data', sys.argv[1], '--output', sys.argv[2]]); "
+            "print(code, gc.isenabled(), gc.get_freeze_count())")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "absent"), str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    exit_code, enabled, frozen = proc.stdout.splitlines()[-1].split()  # after any log line
+    assert (exit_code, enabled) == ("2", "True") and int(frozen) > 100_000, proc.stdout
+    assert "dataset.json: no such datalist file" in proc.stderr
+
+
 def test_killed_mid_epoch_then_resumed_loses_nothing(dataset, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(dataset), "--output", str(out), *TINY]
