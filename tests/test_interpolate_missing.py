@@ -109,10 +109,10 @@ def _distance_oracle(valid: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=40, deadline=None)
 @given(shape=st.tuples(*[st.integers(1, 7)] * 3), axis=st.integers(0, 2), seed=st.integers(0, 2**16),
-       extra=st.sampled_from(["none", "voxel", "other axis"]))
+       extra=st.sampled_from(["none", "voxel", "other axis", "every axis", "every axis and a voxel"]))
 def test_hole_distance_is_the_euclidean_distance(shape, axis, seed, extra):
-    """Whole slices along one axis take the 1-D path; a hole voxel beside them or slices along a second axis
-    take the full transform; both equal the definition."""
+    """Whole slices along one axis take the 1-D path, whole slices along several axes the separable one; a hole
+    voxel beside them takes the full transform; all equal the definition."""
     from pconv3d.transforms import hole_distance
 
     rng = np.random.default_rng(seed)
@@ -126,6 +126,11 @@ def test_hole_distance_is_the_euclidean_distance(shape, axis, seed, extra):
     elif extra == "other axis":
         other = (axis + 1) % 3
         valid[(slice(None),) * other + (rng.integers(shape[other]),)] = False
+    elif extra.startswith("every axis"):
+        for other in range(3):
+            valid[(slice(None),) * other + (rng.random(shape[other]) < 0.3,)] = False
+        if extra.endswith("voxel"):
+            valid[tuple(rng.integers(n) for n in shape)] = False
     if not valid.any():
         return
     got = hole_distance(torch.from_numpy(valid))

@@ -96,26 +96,27 @@ class InterpolateSlices(Transform):
 
     def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor) -> NdarrayOrTensor:
         check_volume(img)
-        data = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
-        dim = 1 + self.axis
-        valid = _valid(mask, img)
-        present = valid.movedim(dim, 0).reshape(valid.shape[dim], -1).any(1).cpu()
+        present = _slice_presence(_valid(mask, img)[0])[self.axis]
         if present.all() or not present.any():
             return img
-        n = present.numel()
-        known = torch.nonzero(present).flatten()
-        pos = torch.arange(n, dtype=torch.float32)
-        # for every slice: the valid slices just below and above it, and its weight between them
-        upper = torch.searchsorted(known, torch.arange(n)).clamp(max=known.numel() - 1)
-        lower = (upper - (known[upper] > torch.arange(n)).long()).clamp(min=0)
-        lo, hi = known[lower], known[upper]
-        span = (hi - lo).clamp(min=1).float()
-        w = ((pos - lo.float()) / span).clamp(0, 1)
-        shape = [1] * data.dim()
-        shape[dim] = n
-        filled = data.index_select(dim, lo) * (1 - w).view(shape) + data.index_select(dim, hi) * w.view(shape)
-        out = torch.where(present.view(shape), data, filled)
-        return convert_to_dst_type(out, img, dtype=img.dtype)[0]
+        data = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+        return convert_to_dst_type(_interpolate_slices(data, present, 1 + self.axis), img, dtype=img.dtype)[0]
+
+
+def _interpolate_slices(data: torch.Tensor, present: torch.Tensor, dim: int) -> torch.Tensor:
+    """``data`` with the slices along ``dim`` that ``present`` marks missing (some, not all) set linearly between
+    the nearest present slices, or to the nearest one beyond the ends; only the missing slices are computed."""
+    known = torch.nonzero(present).flatten()
+    missing = torch.nonzero(~present).flatten()
+    # for every missing slice: the present slices just below and above it, and its weight between them
+    upper = torch.searchsorted(known, missing).clamp(max=known.numel() - 1)
+    lower = (upper - (known[upper] > missing).long()).clamp(min=0)
+    lo, hi = known[lower], known[upper]
+    w = ((missing - lo).float() / (hi - lo).clamp(min=1).float()).clamp(0, 1)
+    shape = [1] * data.dim()
+    shape[dim] = -1
+    filled = data.index_select(dim, lo) * (1 - w).view(shape) + data.index_select(dim, hi) * w.view(shape)
+    return data.index_copy(dim, missing, filled)
 
 
 class InterpolateSlicesd(_MaskedKeysd):
@@ -133,6 +134,17 @@ class InterpolateSlicesd(_MaskedKeysd):
         super().__init__(keys, InterpolateSlices(axis), mask_key, allow_missing_keys)
 
 
+def _slice_presence(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each spatial axis of a boolean ``valid`` ``(X, Y, Z)``: which of its slices hold at least one valid
+    voxel (boolean vectors of length X, Y and Z, on ``valid``'s device; two passes over the volume)."""
+    across = valid.amax(0)  # (Y, Z)
+    return valid.flatten(1).amax(1), across.amax(1), across.amax(0)
+
+
+def _missing_axes(presence: Sequence[torch.Tensor]) -> tuple[int, ...]:
+    return tuple(axis for axis, present in enumerate(presence) if present.any() and not present.all())
+
+
 def missing_slice_axes(mask: NdarrayOrTensor) -> tuple[int, ...]:
     """Spatial axes (0, 1, 2) along which at least one whole slice of ``mask`` ``(1, X, Y, Z)`` is missing
     while another is not: the axes a slice interpolation can fill.
@@ -142,35 +154,38 @@ def missing_slice_axes(mask: NdarrayOrTensor) -> tuple[int, ...]:
         >>> missing_slice_axes(m)
         (2,)
     """
-    valid = convert_to_tensor(mask, track_meta=False) != 0
-    axes = []
-    for axis in range(3):
-        present = valid.movedim(1 + axis, 0).reshape(valid.shape[1 + axis], -1).any(1)
-        if present.any() and not present.all():
-            axes.append(axis)
-    return tuple(axes)
+    return _missing_axes(_slice_presence(convert_to_tensor(mask, track_meta=False)[0] != 0))
 
 
 def hole_distance(valid: torch.Tensor) -> torch.Tensor:
     """Euclidean distance (voxels, float32) from each voxel of a spatial boolean ``valid`` ``(X, Y, Z)`` to the
     nearest valid voxel: 0 on valid voxels.
 
-    Where every hole is a whole slice along one axis, the nearest valid voxel lies in the nearest acquired slice
-    at the same in-plane position, so the distance is the one-dimensional distance along that axis: computed in
-    torch on ``valid``'s device, exactly what the full transform gives and a fraction of its time. Other holes
-    take scipy's exact Euclidean distance transform.
+    Where every hole is made of whole slices (along one axis or several), the valid voxels are the product of the
+    present slices of each axis, so the nearest one is found axis by axis: the distance is the root of the sum of
+    each axis's squared one-dimensional distance to its nearest present slice. That is computed in torch on
+    ``valid``'s device, exactly what the full transform gives and a fraction of its time. Other holes take scipy's
+    exact Euclidean distance transform.
 
     Example:
         >>> valid = torch.ones(2, 2, 5, dtype=torch.bool); valid[..., 1:4] = False
         >>> hole_distance(valid)[0, 0]
         tensor([0., 1., 2., 1., 0.])
     """
-    for axis in missing_slice_axes(valid[None]):
-        present = valid.movedim(axis, 0).reshape(valid.shape[axis], -1).any(1)
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        if torch.equal(valid, present.view(shape).expand_as(valid)):
-            return _slice_distance(present).view(shape).expand(valid.shape).to(torch.float32)
+    return _hole_distance(valid, _slice_presence(valid)).expand(valid.shape).contiguous()
+
+
+def _hole_distance(valid: torch.Tensor, presence: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:func:`hole_distance`, given ``valid``'s presence of slices (:func:`_slice_presence`), and where the holes
+    are slices along one axis (or none) only broadcastable to ``valid``: a vector along that axis, so that what is
+    computed from it costs a slice's worth, not a volume's."""
+    views = [present.view([-1 if a == axis else 1 for a in range(3)]) for axis, present in enumerate(presence)]
+    if valid.any() and torch.equal(valid, views[0] & views[1] & views[2]):  # whole slices only
+        distances = [_slice_distance(presence[axis]).view(views[axis].shape) for axis in _missing_axes(presence)]
+        if len(distances) <= 1:  # along one axis (or none): integers, exact in float32
+            return distances[0].to(torch.float32) if distances else valid.new_zeros((1, 1, 1), dtype=torch.float32)
+        squared = sum(d**2 for d in distances)
+        return squared.expand(valid.shape).to(torch.float64).sqrt().to(torch.float32)  # rounded as scipy's is
     hole = ~valid.cpu().numpy()
     return torch.as_tensor(ndimage.distance_transform_edt(hole), dtype=torch.float32, device=valid.device)
 
@@ -185,7 +200,7 @@ def hole_reach(valid: torch.Tensor) -> float:
         >>> hole_reach(valid), hole_reach(torch.ones(2, 2, 2, dtype=torch.bool))
         (3.0, 0.0)
     """
-    return float(hole_distance(valid).max()) if not valid.all() else 0.0
+    return float(_hole_distance(valid, _slice_presence(valid)).max()) if not valid.all() else 0.0
 
 
 def _slice_distance(present: torch.Tensor) -> torch.Tensor:
@@ -244,29 +259,23 @@ class InterpolateMissing(Transform):
         valid = weights != 0
         if valid.all() or not valid.any():
             return img, mask
-        x = convert_to_tensor(img, track_meta=False, dtype=torch.float32).clone()
-        x[:, ~valid[0]] = 0  # whatever the holes held (NaN too) is not data
-        for axis in missing_slice_axes(valid) if self.axes is None else self.axes:
-            x = InterpolateSlices(axis)(x, valid)
-        filled = valid[0] | self._whole_slices(valid)
+        # whatever the holes held (NaN too) is not data
+        x = torch.where(valid, convert_to_tensor(img, track_meta=False, dtype=torch.float32), 0.0)
+        presence = _slice_presence(valid[0])
+        axes = _missing_axes(presence) if self.axes is None else self.axes
+        slices = torch.zeros((1, 1, 1), dtype=torch.bool, device=valid.device)  # voxels of interpolated slices
+        for axis in axes:
+            if presence[axis].any() and not presence[axis].all():
+                x = _interpolate_slices(x, presence[axis], 1 + axis)
+                slices = slices | ~presence[axis].view([-1 if a == axis else 1 for a in range(3)])
+        filled = valid[0] | slices
         if not filled.all():
             x = self._normalized_convolution(x, filled)
         out_mask = weights
         if self.soft:
-            distance = hole_distance(valid[0])
+            distance = _hole_distance(valid[0], presence)
             out_mask = torch.where(valid, weights, 1.0 / (1.0 + distance / self.scale))
         return convert_to_dst_type(x, img, dtype=img.dtype)[0], _as_mask(out_mask, mask)
-
-    def _whole_slices(self, valid: torch.Tensor) -> torch.Tensor:
-        """Voxels of the whole missing slices that step 1 interpolated (between or beside acquired slices)."""
-        done = torch.zeros(valid.shape[1:], dtype=torch.bool, device=valid.device)
-        for axis in missing_slice_axes(valid) if self.axes is None else self.axes:
-            present = valid[0].movedim(axis, 0).reshape(valid.shape[1 + axis], -1).any(1)
-            if present.any():
-                shape = [1, 1, 1]
-                shape[axis] = -1
-                done |= ~present.view(shape)
-        return done
 
     @staticmethod
     def _normalized_convolution(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
