@@ -24,6 +24,9 @@ What it measures:
    library, then one wrapper around each of a few of the command's own calls) that notes the wall clock where
    each phase ends: start-up to the first volume read (interpreter, imports, argument parsing, config), checks and
    network set-up, reading and preprocessing, sliding window, inversion, writing, interpreter exit.
+   Then what the command's entry point (``pipelines.cli.entry``: the garbage collector kept out of the imports and the
+   exit) saves: ``pconv3d --help`` and the default's ``pconv3d infer`` through it and through ``pipelines.cli.main``
+   alone, in turn.
 2. Its parts, each built from ``configs/inference.yaml`` as the command builds it and timed in this process after
    a warm-up call, the recipes interleaved, medians of ``--reps``: start-up (child processes, wall: ``import torch,
    monai``, ``import pipelines.cli``, ``pconv3d --help``, which builds every subcommand's parser as every command
@@ -33,7 +36,9 @@ What it measures:
    ``soft=False`` for plain); the whole preprocessing (``infer_transforms(recipe=...)``); the sliding window at 32³
    and 96³; softmax and inversion onto the file's grid; argmax and writing. Then what of the command's median
    these parts leave unexplained (first-call costs, engine set-up, exit). With them, a training step: the
-   configs' batch (2 volumes x 2 patches of 32³), forward, ``MaskedDiceCELoss``, backward, AdamW.
+   configs' batch (2 volumes x 2 patches of 32³), forward, ``MaskedDiceCELoss``, backward, AdamW. Last, the bound of any
+   lighter gate: the sliding window and the training step with ``GatedUNet(gate_channels=1)`` (one gate map per
+   block, its convolution one output channel wider) in the default's place, against the plain recipe's again.
 3. Training: ``pconv3d train`` for ``--epochs`` epochs on the default dataset's 48³ volumes (``pconv3d data``)
    without validation, each recipe as its config trains it (gated: holes simulated; plain: ``unet_interpolated.yaml``,
    complete volumes) and the plain recipe with simulated holes (gated's data path, so that the network's share
@@ -323,13 +328,15 @@ class CommandParts:
         prepared = self.prepare_batch(self.batch, self.device)
         return prepared[0], *(prepared[2:] if len(prepared) == 4 else ((), {}))
 
-    def window(self, roi: int) -> Callable[[], torch.Tensor]:
+    def window(self, roi: int, network: nn.Module | None = None) -> Callable[[], torch.Tensor]:
+        """The sliding window over the volume with the checkpoint's network, or ``network`` given the same input."""
         inferer = SlidingWindowInferer((roi,) * 3, SW_BATCH, OVERLAP)
         image, args, kwargs = self.inputs()
+        network = self.network if network is None else network.to(self.device).eval()
 
         def f() -> torch.Tensor:
             with torch.no_grad():  # the evaluator's eval mode
-                return inferer(image, self.network, *args, **kwargs)
+                return inferer(image, network, *args, **kwargs)
         return f
 
     def engine_item(self, roi: int) -> dict[str, Any]:
@@ -377,8 +384,14 @@ def parts_table(args, volume: Path, ckpts: dict[str, Path], work: Path, cfg: dic
     inverted = {name: p.invert(dict(items[name])) for name, p in parts.items()}
     rows[WRITE] = medians({name: lambda p=p, name=name: p.write(dict(inverted[name])) for name, p in parts.items()},
                           args.reps, cpu)
+    # the bound of any lighter gate: one gate map per block, whose convolution adds one output channel, against plain
+    one_map = build({**network_def(RECIPES[DEFAULT], cfg), "gate_channels": 1})
+    one_map_window = medians({DEFAULT: parts[DEFAULT].window(args.patch, one_map), PLAIN: parts[PLAIN].window(args.patch)},
+                             args.reps, args.device)
     del parts, items, inverted  # the full-size volumes and outputs go before the training step's tensors come
     train = medians({name: train_step(RECIPES[name], cfg, args.device) for name in ckpts}, args.reps, args.device)
+    one_map_train = medians({DEFAULT: train_step(RECIPES[DEFAULT], cfg, args.device, gate_channels=1),
+                             PLAIN: train_step(RECIPES[PLAIN], cfg, args.device)}, args.reps, args.device)
 
     # the issue's target: hole filling plus network
     for roi in ROIS:
@@ -399,14 +412,19 @@ def parts_table(args, volume: Path, ckpts: dict[str, Path], work: Path, cfg: dic
                   "| the command's median wall less that sum (cold imports and first calls, engine set-up, exit) | "
                   f"{rest[DEFAULT]:.2f} | {rest[PLAIN]:.2f} | {rest[DEFAULT] / rest[PLAIN]:.2f}× |"]
     batch = cfg["batch_size"] * cfg["num_samples"]
-    lines.append(f"| training step ({batch} patches of {'x'.join(map(str, cfg['patch_size']))}: forward, loss, backward, "
-                 f"AdamW) | {train[DEFAULT]:.3f} | {train[PLAIN]:.3f} | {train[DEFAULT] / train[PLAIN]:.2f}× |")
+    step = f"training step ({batch} patches of {'x'.join(map(str, cfg['patch_size']))}: forward, loss, backward, AdamW)"
+    lines.append(f"| {step} | {train[DEFAULT]:.3f} | {train[PLAIN]:.3f} | {train[DEFAULT] / train[PLAIN]:.2f}× |")
+    for label, t, fmt in ((window_row(args.patch), one_map_window, "{:.2f}"), (step, one_map_train, "{:.3f}")):
+        lines.append(f"| {label}, `GatedUNet(gate_channels=1)` in the default's place (one gate map per block: the "
+                     f"gates' cost without their width) | {fmt.format(t[DEFAULT])} | {fmt.format(t[PLAIN])} | "
+                     f"{t[DEFAULT] / t[PLAIN]:.2f}× |")
     return lines
 
 
-def train_step(recipe: InputRecipe, cfg: dict[str, Any], device: torch.device) -> Callable[[], None]:
-    """One optimizer step of ``recipe``'s network on the configs' batch (random data: the time does not depend on it)."""
-    definition = network_def(recipe, cfg)
+def train_step(recipe: InputRecipe, cfg: dict[str, Any], device: torch.device, **options: Any) -> Callable[[], None]:
+    """One optimizer step of ``recipe``'s network (with ``options`` added to its arguments) on the configs' batch
+    (random data: the time does not depend on it)."""
+    definition = {**network_def(recipe, cfg), **options}
     torch.manual_seed(0)
     net = build(definition).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["optimizer"]["weight_decay"])
