@@ -230,6 +230,37 @@ def test_valid_fg_bg_indices_cover_exactly_the_valid_voxels():
 # ---------------------------------------------------------------- one-hot labels with unannotated voxels
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), channels=st.integers(1, 5), levels=st.integers(1, 4), nan=st.booleans(),
+       options=st.sampled_from([{}, {"to_onehot": 5}, {"keepdim": False}, {"dim": 1}, {"dtype": torch.float16}]))
+def test_as_discrete_is_monais(seed, channels, levels, nan, options):
+    """Same results, type, dtype and metadata as MONAI's AsDiscrete, ties (few levels) and NaN included."""
+    from monai.transforms import AsDiscrete as MonaiAsDiscrete
+    from monai.transforms import AsDiscreted as MonaiAsDiscreted
+
+    from pconv3d.transforms import AsDiscrete, AsDiscreted
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, (channels, 4, 3, 5)).astype(np.float32)
+    if nan:
+        scores[tuple(rng.integers(n) for n in scores.shape)] = np.nan
+    to_onehot = options.get("to_onehot")
+    kwargs = {k: v for k, v in options.items() if k != "to_onehot"}
+    for img in (meta_image(scores), scores):
+        ours = AsDiscrete(argmax=True, to_onehot=to_onehot, **kwargs)(img)
+        theirs = MonaiAsDiscrete(argmax=True, to_onehot=to_onehot, **kwargs)(img)
+        assert type(ours) is type(theirs) and ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs), equal_nan=True)
+        assert np.array_equal(ours.affine, theirs.affine)
+    assert np.allclose(AsDiscrete(argmax=True)(meta_image(scores)).affine, AFFINE)
+    d = {"pred": meta_image(scores), "label": meta_image(scores[:1])}
+    ours = AsDiscreted(["pred", "label"], argmax=[True, False], to_onehot=[to_onehot, None], **kwargs)(dict(d))
+    theirs = MonaiAsDiscreted(["pred", "label"], argmax=[True, False], to_onehot=[to_onehot, None], **kwargs)(dict(d))
+    for key in d:
+        assert np.array_equal(np.asarray(ours[key]), np.asarray(theirs[key]), equal_nan=True)
+        assert np.allclose(ours[key].affine, AFFINE)
+
+
 def test_one_hot_annotated_is_zero_where_unannotated_and_keeps_the_grid():
     label = meta_image(np.array([2.0, 255, 0, 1]).reshape(4, 1, 1))
     onehot = OneHotAnnotated(3, ignore_index=255)(label)

@@ -56,7 +56,7 @@ from pconv3d.transforms.intensity import (
     MaskedScaleIntensityRangePercentiles,
     MaskedScaleIntensityRangePercentilesd,
 )
-from pconv3d.transforms.labels import OneHotAnnotated, OneHotAnnotatedd
+from pconv3d.transforms.labels import AsDiscrete, AsDiscreted, OneHotAnnotated, OneHotAnnotatedd
 from pconv3d.transforms.masks import DeriveMask, DeriveMaskd, combine_mask
 from pconv3d.transforms.recipes import IMAGE, LABEL, MASK, PRED, infer_transforms, invert_transforms, train_transforms
 
@@ -88,6 +88,8 @@ __all__ = [
     "MaskedNormalizeIntensityd",
     "MaskedScaleIntensityRangePercentiles",
     "MaskedScaleIntensityRangePercentilesd",
+    "AsDiscrete",
+    "AsDiscreted",
     "OneHotAnnotated",
     "OneHotAnnotatedd",
     "RandDropSlices",
