@@ -2,7 +2,7 @@
 project, side by side in one run (issue 26: the mask core and transforms moved, and nothing may get slower;
 issue 25: the fill made cheaper).
 
-Run: ``python -m benchmarks.compare_revisions BEFORE_DIR AFTER_DIR [--reps 5] [--cases operator fill]``, each
+Run: ``python -m benchmarks.compare_revisions BEFORE_DIR AFTER_DIR [--reps 5] [--cases operator fill argmax]``, each
 directory a checkout (``git worktree add /tmp/before REV``). Each round runs one child process per checkout, the
 order swapped every other round so that drift favours neither; a child imports ``pconv3d`` from its checkout and
 times, after a warm-up:
@@ -11,7 +11,9 @@ times, after a warm-up:
   ``benchmarks/bench_partial_conv.py``) and a ``PartialUNet`` training step (batch 2 of 64³, the configs' channels);
 - ``fill``: ``InterpolateMissing`` with and without ``soft`` (the default's and the plain recipe's fill) on a volume of
   the MNI grid (197x233x189) with 30 % of its axial slices missing (what ``pconv3d infer`` meets) and with 10 % of
-  the slices of each axis missing, and on a 32³ patch with missing slices and a box (training's holes).
+  the slices of each axis missing, and on a 32³ patch with missing slices and a box (training's holes);
+- ``argmax``: the class indices step of the checkout's ``configs/inference.yaml`` (its ``AsDiscreted``, built
+  from the config's ``_target_``) on the 4 class scores of a 197x233x189 volume.
 
 Prints the medians over rounds and the ratio after / before.
 """
@@ -83,8 +85,18 @@ def fill_cases():
             fill = InterpolateMissing(soft=soft)
             out[f"InterpolateMissing(soft={soft}), {name}"] = median_time(lambda: fill(img, mask))
 
+def argmax_cases():
+    import yaml
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+    steps = yaml.safe_load(open("configs/inference.yaml"))["postprocessing"]["transforms"]
+    step = next(t for t in steps if str(t.get("_target_", "")).endswith("AsDiscreted"))
+    argmax = ConfigParser({"t": {**step, "keys": "pred"}}).get_parsed_content("t")
+    scores = MetaTensor(torch.randn(4, 197, 233, 189))
+    out["configs/inference.yaml's AsDiscreted(argmax=True), 4x197x233x189"] = median_time(lambda: argmax({"pred": scores}))
+
 for group in sys.argv[1:]:
-    {"operator": operator_cases, "fill": fill_cases}[group]()
+    {"operator": operator_cases, "fill": fill_cases, "argmax": argmax_cases}[group]()
 print(json.dumps(out))
 """
 
@@ -102,7 +114,7 @@ def main() -> None:
     p.add_argument("before")
     p.add_argument("after")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--cases", nargs="+", choices=("operator", "fill"), default=["operator"])
+    p.add_argument("--cases", nargs="+", choices=("operator", "fill", "argmax"), default=["operator"])
     args = p.parse_args()
     runs: dict[str, list[dict[str, float]]] = {args.before: [], args.after: []}
     for r in range(args.reps):
