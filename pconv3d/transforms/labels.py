@@ -25,11 +25,12 @@ class AsDiscrete(_MonaiAsDiscrete):
 
     Both give the first index of the largest value (NaN counting as the largest). On the CPU, ``torch.argmax`` over
     the first dimension of a few channels of a whole volume is slow: 1.5-1.7 s for the 4 class scores of a
-    197x233x189 volume in torch 2.13, where ``torch.max`` takes 0.1 s (``benchmarks/bench_recipes.py``, writing row).
+    197x233x189 volume in torch 2.13, where ``torch.max`` takes 0.1 s
+    (``python -m benchmarks.compare_revisions BEFORE AFTER --cases argmax``).
 
     Example:
-        >>> AsDiscrete(argmax=True)(torch.tensor([[[[0.2, 0.7]]], [[[0.8, 0.3]]]])).flatten()
-        tensor([1., 0.])
+        >>> AsDiscrete(argmax=True)(torch.tensor([[[[0.2, 0.7]]], [[[0.8, 0.3]]]])).flatten().tolist()
+        [1.0, 0.0]
     """
 
     def __call__(self, img: NdarrayOrTensor, argmax: bool | None = None, to_onehot: int | None = None,
@@ -47,8 +48,8 @@ class AsDiscreted(_MonaiAsDiscreted):
 
     Example:
         >>> d = AsDiscreted("pred", argmax=True)({"pred": torch.tensor([[[[0.2, 0.7]]], [[[0.8, 0.3]]]])})
-        >>> d["pred"].flatten()
-        tensor([1., 0.])
+        >>> d["pred"].flatten().tolist()
+        [1.0, 0.0]
     """
 
     def __init__(self, keys: KeysCollection, argmax: Sequence[bool] | bool = False,
