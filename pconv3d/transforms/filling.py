@@ -141,6 +141,11 @@ def _slice_presence(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return valid.flatten(1).amax(1), across.amax(1), across.amax(0)
 
 
+def _along(vector: torch.Tensor, axis: int) -> torch.Tensor:
+    """A per-slice ``vector`` of spatial ``axis`` as a view that broadcasts against ``(X, Y, Z)``."""
+    return vector.view([-1 if a == axis else 1 for a in range(3)])
+
+
 def _missing_axes(presence: Sequence[torch.Tensor]) -> tuple[int, ...]:
     return tuple(axis for axis, present in enumerate(presence) if present.any() and not present.all())
 
@@ -179,9 +184,9 @@ def _hole_distance(valid: torch.Tensor, presence: Sequence[torch.Tensor]) -> tor
     """:func:`hole_distance`, given ``valid``'s presence of slices (:func:`_slice_presence`), and where the holes
     are slices along one axis (or none) only broadcastable to ``valid``: a vector along that axis, so that what is
     computed from it costs a slice's worth, not a volume's."""
-    views = [present.view([-1 if a == axis else 1 for a in range(3)]) for axis, present in enumerate(presence)]
-    if valid.any() and torch.equal(valid, views[0] & views[1] & views[2]):  # whole slices only
-        distances = [_slice_distance(presence[axis]).view(views[axis].shape) for axis in _missing_axes(presence)]
+    product = _along(presence[0], 0) & _along(presence[1], 1) & _along(presence[2], 2)  # valid if only slices miss
+    if valid.any() and torch.equal(valid, product):
+        distances = [_along(_slice_distance(presence[axis]), axis) for axis in _missing_axes(presence)]
         if len(distances) <= 1:  # along one axis (or none): integers, exact in float32
             return distances[0].to(torch.float32) if distances else valid.new_zeros((1, 1, 1), dtype=torch.float32)
         squared = sum(d**2 for d in distances)
@@ -262,12 +267,11 @@ class InterpolateMissing(Transform):
         # whatever the holes held (NaN too) is not data
         x = torch.where(valid, convert_to_tensor(img, track_meta=False, dtype=torch.float32), 0.0)
         presence = _slice_presence(valid[0])
-        axes = _missing_axes(presence) if self.axes is None else self.axes
+        missing = _missing_axes(presence)
         slices = torch.zeros((1, 1, 1), dtype=torch.bool, device=valid.device)  # voxels of interpolated slices
-        for axis in axes:
-            if presence[axis].any() and not presence[axis].all():
-                x = _interpolate_slices(x, presence[axis], 1 + axis)
-                slices = slices | ~presence[axis].view([-1 if a == axis else 1 for a in range(3)])
+        for axis in missing if self.axes is None else [a for a in self.axes if a in missing]:
+            x = _interpolate_slices(x, presence[axis], 1 + axis)
+            slices = slices | ~_along(presence[axis], axis)
         filled = valid[0] | slices
         if not filled.all():
             x = self._normalized_convolution(x, filled)
