@@ -32,3 +32,13 @@ def _doctest_names(doctest_namespace):
     for module in (pconv3d, pconv3d.blocks, pconv3d.masks, pconv3d.networks):
         for name in module.__all__:
             doctest_namespace[name] = getattr(module, name)
+
+
+@pytest.fixture(autouse=True)
+def _subnormals_kept():
+    """Each test starts with the CPU computing subnormal floats, the process's default: a training workflow turns
+    flushing on for its whole process (configs/train.yaml, ``flush_denormal``), and torch offers no getter to
+    restore what was there before."""
+    yield
+    torch.set_flush_denormal(False)
+

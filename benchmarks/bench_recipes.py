@@ -11,8 +11,9 @@ or the tests run: it times.
 Setting: the MNI152 template that ships with nilearn at its own 1 mm grid (197x233x189) with 30 % of its axial
 slices NaN (the missing data ``pconv3d infer`` finds), written as ``benchmarks/bench_infer_fullsize.py`` writes it;
 networks of ``configs/train.yaml``'s ``network_def`` (the recipe sets ``in_channels``: 2 for gated, 1 for plain),
-untrained, saved as ``pconv3d train`` saves them (weights, ``network_def``, ``input_recipe``): the time does not
-depend on the weights, only the label map written (and so its compression) does, a little. Sliding windows 4 per
+untrained, saved as ``pconv3d train`` saves them (weights, ``network_def``, ``input_recipe``): inference time does
+not depend on the weights (the trained default of ``pconv3d run`` and an untrained one took the same time per
+window batch), only the label map written (and so its compression) does, a little. Sliding windows 4 per
 batch, overlap 0.25.
 
 What it measures:
@@ -36,14 +37,17 @@ What it measures:
    ``soft=False`` for plain); the whole preprocessing (``infer_transforms(recipe=...)``); the sliding window at 32³
    and 96³; softmax and inversion onto the file's grid; argmax and writing. Then what of the command's median
    these parts leave unexplained (first-call costs, engine set-up, exit). With them, a training step: the
-   configs' batch (2 volumes x 2 patches of 32³), forward, ``MaskedDiceCELoss``, backward, AdamW. Last, the bound of any
+   configs' batch (2 volumes x 2 patches of 32³), forward, ``MaskedDiceCELoss``, backward, AdamW, on untrained
+   networks (whose gates are open: a gate that closes in training makes subnormal gradients, which section 3's
+   epochs include). Last, the bound of any
    lighter gate: the sliding window and the training step with ``GatedUNet(gate_channels=1)`` (one gate map per
    block, its convolution one output channel wider) in the default's place, timed in the same interleaved calls as
    the two recipes' networks.
 3. Training: ``pconv3d train`` for ``--epochs`` epochs on the default dataset's 48³ volumes (``pconv3d data``)
    without validation, each recipe as its config trains it (gated: holes simulated; plain: ``unet_interpolated.yaml``,
-   complete volumes) and the plain recipe with simulated holes (gated's data path, so that the network's share
-   shows), in turn, with ``--num-workers`` data-loader workers (0, the configs' value: the data path runs
+   complete volumes), the plain recipe with simulated holes (gated's data path, so that the network's share
+   shows) and the default with ``--flush_denormal false`` (the CPU computing the subnormal floats of its gradients),
+   in turn, with ``--num-workers`` data-loader workers (0, the configs' value: the data path runs
    between the steps): wall time (start-up included) and peak resident set, best and median; the time per epoch
    from the run's TensorBoard events (the wall time of each epoch's last loss, so epochs 2 on; median); and, in this
    process, the data path alone: one epoch's draw of every training volume through each variant's dataset.
@@ -100,11 +104,13 @@ STARTUP = {
     "start-up: `python -c 'import pipelines.cli'`": [*PYTHON, "-c", "import pipelines.cli"],
     "start-up: `pconv3d --help`": [*CLI, "--help"],
 }
-# training, each recipe as its config trains it, and the plain recipe on gated's data path (holes simulated)
+# training, each recipe as its config trains it, the plain recipe on gated's data path (holes simulated), and the
+# default with the CPU computing subnormal floats (what the config's flush_denormal saves)
 TRAIN_VARIANTS = {
     DEFAULT: ["--config", "train.yaml"],
     PLAIN: ["--config", "train.yaml", "unet_interpolated.yaml"],
     "plain, simulated holes": ["--config", "train.yaml", "--recipe", "plain"],
+    "gated, subnormals computed": ["--config", "train.yaml", "--flush_denormal", "false"],
 }
 
 
@@ -426,7 +432,8 @@ def parts_table(args, volume: Path, ckpts: dict[str, Path], work: Path, cfg: dic
 
 def train_step(recipe: InputRecipe, cfg: dict[str, Any], device: torch.device, **options: Any) -> Callable[[], None]:
     """One optimizer step of ``recipe``'s network (with ``options`` added to its arguments) on the configs' batch
-    (random data: the time does not depend on it)."""
+    (random data, which the time does not depend on; an untrained network, whose open gates make no subnormal
+    gradients)."""
     definition = {**network_def(recipe, cfg), **options}
     torch.manual_seed(0)
     net = build(definition).to(device).train()

@@ -378,3 +378,13 @@ def test_bundle_metadata_names_the_classes_of_the_default_dataset():
 
     meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == LABELS
+
+
+def test_training_computes_subnormals_as_zero_unless_told_not_to(dataset, tmp_path):
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    for name, extra, kept in (("default", [], False), ("kept", ["--flush_denormal", "false"], True)):
+        torch.set_flush_denormal(kept)  # the opposite of what the run should leave
+        assert main(["train", "--data", str(dataset), "--output", str(tmp_path / name), "--epochs", "1",
+                     *TINY, "--val_interval", "2", *extra]) == 0
+        assert (torch.tensor([1e-39]).mul(1.0).item() > 0) == kept, name
