@@ -49,8 +49,6 @@ VARIANTS["gated_from_unet_0.5x"] = {**VARIANTS["gated_from_unet_0.3x"], "epochs_
 # training sets the flag before the CPU threads start, which then share it)
 VARIANTS["gated_default"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"], "flush_denormal": True}
 VARIANTS["gated_default_subnormals"] = {**VARIANTS["gated_default"], "flush_denormal": False}
-# the default without gates on the decoder's transposed convolutions (its residual units keep theirs): lighter?
-VARIANTS["gated_no_transposed_gates"] = {**VARIANTS["gated_default"], "network_def#gate_transposed": False}
 
 
 def main() -> None:

@@ -30,8 +30,6 @@ class GatedUNet(UNet):
         args, kwargs: ``monai.networks.nets.UNet``'s.
         gate_channels: ``None``: one gate per output channel of each block (Yu et al.); ``1``: one gate map per
             block, shared by its channels, at a fraction of the cost (:func:`pconv3d.blocks.gated.gate_for`).
-        gate_transposed: gate the decoder's transposed (upsampling) convolutions too; ``False`` gates only the
-            residual units after them (with ``num_res_units=0`` the decoder is then ungated).
 
     Example::
 
@@ -46,10 +44,8 @@ class GatedUNet(UNet):
     # parameters a ``UNet`` of the same arguments does not have: all a trained UNet's weights leave new
     added_parameters = ("gate.weight", "gate.bias")
 
-    def __init__(self, *args: Any, gate_channels: int | None = None, gate_transposed: bool = True,
-                 **kwargs: Any) -> None:
-        self.gate_channels = gate_channels  # both read while UNet's constructor builds the blocks
-        self.gate_transposed = gate_transposed
+    def __init__(self, *args: Any, gate_channels: int | None = None, **kwargs: Any) -> None:
+        self.gate_channels = gate_channels  # read while UNet's constructor builds the blocks
         super().__init__(*args, **kwargs)
 
     def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
@@ -59,9 +55,7 @@ class GatedUNet(UNet):
         # the top block writes the logits: a gate there would only pull them towards 0
         if is_top:
             return unet_up_layer(self, Convolution, ResidualUnit, in_channels, out_channels, strides, is_top)
-        conv, unit = self._gated_blocks()
-        return unet_up_layer(self, conv if self.gate_transposed else Convolution, unit, in_channels, out_channels,
-                             strides, is_top)
+        return unet_up_layer(self, *self._gated_blocks(), in_channels, out_channels, strides, is_top)
 
     def _gated_blocks(self) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
         return (functools.partial(GatedConvolution, gate_channels=self.gate_channels),
