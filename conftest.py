@@ -37,8 +37,7 @@ def _doctest_names(doctest_namespace):
 @pytest.fixture(autouse=True)
 def _subnormals_kept():
     """Each test starts with the CPU computing subnormal floats, the process's default: a training workflow turns
-    flushing on for its whole process (configs/train.yaml, ``flush_denormal``), and torch offers no getter to
-    restore what was there before."""
+    flushing on for the rest of its process (configs/train.yaml, ``flush_denormal``), and torch offers no getter
+    to restore what was there before."""
     yield
     torch.set_flush_denormal(False)
-

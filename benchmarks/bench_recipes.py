@@ -39,10 +39,9 @@ What it measures:
    these parts leave unexplained (first-call costs, engine set-up, exit). With them, a training step: the
    configs' batch (2 volumes x 2 patches of 32³), forward, ``MaskedDiceCELoss``, backward, AdamW, on untrained
    networks (whose gates are open: a gate that closes in training makes subnormal gradients, which section 3's
-   epochs include). Last, the bound of any
-   lighter gate: the sliding window and the training step with ``GatedUNet(gate_channels=1)`` (one gate map per
-   block, its convolution one output channel wider) in the default's place, timed in the same interleaved calls as
-   the two recipes' networks.
+   epochs include). Last, the bound of any lighter gate: the sliding window and the training step with
+   ``GatedUNet(gate_channels=1)`` (one gate map per block, its convolution one output channel wider) in the
+   default's place, timed in the same interleaved calls as the two recipes' networks.
 3. Training: ``pconv3d train`` for ``--epochs`` epochs on the default dataset's 48³ volumes (``pconv3d data``)
    without validation, each recipe as its config trains it (gated: holes simulated; plain: ``unet_interpolated.yaml``,
    complete volumes), the plain recipe with simulated holes (gated's data path, so that the network's share

@@ -45,8 +45,8 @@ VARIANTS["gated_from_unet_0.3x"] = {**METHODS["gated"].overrides, **CANDIDATES["
                                     "init_from_method": "unet_interp_noholes", "epochs_scale": 0.3}
 VARIANTS["gated_from_unet_0.5x"] = {**VARIANTS["gated_from_unet_0.3x"], "epochs_scale": 0.5}
 # the default as configs/train.yaml trains it (subnormal floats computed as 0 on the CPU), and with the CPU computing
-# them: does flushing them change what the network learns? (train each in its own process: a process's first
-# training sets the flag before the CPU threads start, which then share it)
+# them: does flushing them change what the network learns? (train each in its own process, as `pconv3d train` runs:
+# the flag reaches only the CPU threads started after it is set)
 VARIANTS["gated_default"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"], "flush_denormal": True}
 VARIANTS["gated_default_subnormals"] = {**VARIANTS["gated_default"], "flush_denormal": False}
 

@@ -371,9 +371,11 @@ def routed(plain: list[dict[str, Any]], gated: list[dict[str, Any]], threshold: 
 def _rows(method: str, seed: int, run: Path, scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The study's rows of one training: its method, seed, epochs and wall time, then each score. A method that
     starts from another's training pays for both: their wall times are added. ``method`` may also be a label
-    outside :data:`METHODS` (``benchmarks.check_validation`` names a screen's variants so), which starts from nothing."""
+    outside :data:`METHODS` (``benchmarks.check_validation`` names a screen's variants so): it started from
+    nothing."""
     wall = training_seconds(run)
-    source = started_from(run, seed, METHODS[method].overrides.get("init_from_method")) if method in METHODS else None
+    start = METHODS[method].overrides.get("init_from_method") if method in METHODS else None
+    source = started_from(run, seed, start)
     if source is not None:
         wall += training_seconds(source)
     return [{"method": method, "seed": seed, "epochs": completed_epochs(run), "wall_s": round(wall, 1), **r}
