@@ -49,8 +49,6 @@ VARIANTS["gated_from_unet_0.5x"] = {**VARIANTS["gated_from_unet_0.3x"], "epochs_
 # the flag reaches only the CPU threads started after it is set)
 VARIANTS["gated_default"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"], "flush_denormal": True}
 VARIANTS["gated_default_subnormals"] = {**VARIANTS["gated_default"], "flush_denormal": False}
-# PROTOTYPE: gates that read only the confidence channel, averaged down to each block's resolution
-VARIANTS["gated_mask_gates"] = {**VARIANTS["gated_default"], "network_def#mask_gates": True}
 
 
 def main() -> None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextvars
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import UNet
 
-from pconv3d.blocks.gated import GatedConvolution, GatedResidualUnit, gate_for
+from pconv3d.blocks.gated import GatedConvolution, GatedResidualUnit
 from pconv3d.networks.unet import unet_down_layer, unet_up_layer
 
 __all__ = ["GatedUNet"]
@@ -33,8 +30,6 @@ class GatedUNet(UNet):
         args, kwargs: ``monai.networks.nets.UNet``'s.
         gate_channels: ``None``: one gate per output channel of each block (Yu et al.); ``1``: one gate map per
             block, shared by its channels, at a fraction of the cost (:func:`pconv3d.blocks.gated.gate_for`).
-        mask_gates: PROTOTYPE: every gate reads only the input's last channel (the mask or confidence), averaged
-            down to its block's input resolution, instead of the block's input.
 
     Example::
 
@@ -49,25 +44,9 @@ class GatedUNet(UNet):
     # parameters a ``UNet`` of the same arguments does not have: all a trained UNet's weights leave new
     added_parameters = ("gate.weight", "gate.bias")
 
-    def __init__(self, *args: Any, gate_channels: int | None = None, mask_gates: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate_channels: int | None = None, **kwargs: Any) -> None:
         self.gate_channels = gate_channels  # read while UNet's constructor builds the blocks
-        self.mask_gates = mask_gates
         super().__init__(*args, **kwargs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.mask_gates:
-            return super().forward(x)
-        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[self.dimensions - 1]
-        m = x[:, -1:]
-        pyramid = {tuple(m.shape[2:]): m}
-        for _ in self.strides:
-            m = pool(m, 2, ceil_mode=True)
-            pyramid[tuple(m.shape[2:])] = m
-        token = _PYRAMID.set(pyramid)
-        try:
-            return super().forward(x)
-        finally:
-            _PYRAMID.reset(token)
 
     def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
         return unet_down_layer(self, *self._gated_blocks(), in_channels, out_channels, strides)
@@ -79,31 +58,5 @@ class GatedUNet(UNet):
         return unet_up_layer(self, *self._gated_blocks(), in_channels, out_channels, strides, is_top)
 
     def _gated_blocks(self) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
-        blocks = (functools.partial(GatedConvolution, gate_channels=self.gate_channels),
-                  functools.partial(GatedResidualUnit, gate_channels=self.gate_channels))
-        if not self.mask_gates:
-            return blocks
-        return tuple(functools.partial(_with_mask_gate, b) for b in blocks)
-
-
-_PYRAMID: contextvars.ContextVar[dict] = contextvars.ContextVar("mask_pyramid")  # PROTOTYPE: set during forward
-
-
-class MaskGate(nn.Module):
-    """PROTOTYPE: a gate convolution of the network input's last channel at the block input's resolution."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(_PYRAMID.get()[tuple(x.shape[2:])])
-
-
-def _with_mask_gate(block_type: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
-    block = block_type(*args, **kwargs)
-    conv = block.gate
-    proxy = type(conv)(1, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                       **({"output_padding": conv.output_padding} if conv.transposed else {}))
-    block.gate = MaskGate(gate_for(proxy, conv.out_channels))
-    return block
+        return (functools.partial(GatedConvolution, gate_channels=self.gate_channels),
+                functools.partial(GatedResidualUnit, gate_channels=self.gate_channels))
