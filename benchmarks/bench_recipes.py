@@ -274,7 +274,8 @@ def collector_table(args, volume: Path, ckpts: dict[str, Path], work: Path) -> l
     """Wall seconds of ``pconv3d --help`` and of the default's ``pconv3d infer``, through ``entry`` and ``main``."""
     infer = infer_argv(ckpts[DEFAULT], volume, work / "predictions" / "collector", args.patch, args.device)[len(CLI):]
     commands = {"`pconv3d --help`": ["--help"], f"`pconv3d infer`, default ({DEFAULT})": infer}
-    lines = [f"### The garbage collector at start-up and exit (best and median of {args.reps} runs in turn; seconds)", "",
+    title = f"### The garbage collector at start-up and exit (best and median of {args.reps} runs in turn; seconds)"
+    lines = [title, "",
              "| command | as it runs (`entry`) | `main` alone, the collector as Python sets it | entry / main |",
              "|---|---:|---:|---:|"]
     for label, argv in commands.items():

@@ -93,7 +93,8 @@ def argmax_cases():
     step = next(t for t in steps if str(t.get("_target_", "")).endswith("AsDiscreted"))
     argmax = ConfigParser({"t": {**step, "keys": "pred"}}).get_parsed_content("t")
     scores = MetaTensor(torch.randn(4, 197, 233, 189))
-    out["configs/inference.yaml's AsDiscreted(argmax=True), 4x197x233x189"] = median_time(lambda: argmax({"pred": scores}))
+    case = "configs/inference.yaml's AsDiscreted(argmax=True), 4x197x233x189"
+    out[case] = median_time(lambda: argmax({"pred": scores}))
 
 for group in sys.argv[1:]:
     {"operator": operator_cases, "fill": fill_cases, "argmax": argmax_cases}[group]()

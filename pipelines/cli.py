@@ -56,9 +56,9 @@ def entry(argv: Sequence[str] | None = None) -> int:
 
     Importing torch and MONAI makes about 440 000 objects that live as long as the process. Every collection on
     the way rescans them, and so does the interpreter's at exit: about a second each on a 2-core CPU
-    (``benchmarks/bench_recipes.py``, its garbage collector table). Frozen (``gc.freeze``), they are never scanned again;
-    only what the command itself makes is collected, as before. Tests call :func:`main`, many times in one process,
-    where freezing would keep each run's garbage.
+    (``benchmarks/bench_recipes.py``, its garbage collector table). Frozen (``gc.freeze``), they are never
+    scanned again; only what the command itself makes is collected, as before. Tests call :func:`main`, many
+    times in one process, where freezing would keep each run's garbage.
     """
     gc.disable()
     try:
