@@ -49,6 +49,8 @@ VARIANTS["gated_from_unet_0.5x"] = {**VARIANTS["gated_from_unet_0.3x"], "epochs_
 # the flag reaches only the CPU threads started after it is set)
 VARIANTS["gated_default"] = {**METHODS["gated"].overrides, **CANDIDATES["often, all axes"], "flush_denormal": True}
 VARIANTS["gated_default_subnormals"] = {**VARIANTS["gated_default"], "flush_denormal": False}
+# the default three quarters as wide (channels 12-96): about the plain UNet's parameters and convolution work
+VARIANTS["gated_narrow12"] = {**VARIANTS["gated_default"], "network_def#channels": [12, 24, 48, 96]}
 
 
 def main() -> None:
